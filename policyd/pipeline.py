@@ -1,0 +1,126 @@
+"""The ordered table of policy checks, and how their answers combine.
+
+Postfix asks once per SMTP stage (usually RCPT, once per recipient). Checks
+run in `policyd.order`; the first decisive answer (REJECT, DEFER, HOLD, OK,
+...) wins and ends the pipeline (Postfix SMTPD_ACCESS_README: first match
+wins). A check in `mode: warn` never decides: its would-be answer is logged
+and turned into a PREPENDed warning header. With no decisive answer the
+first PREPEND (if any) is returned, else DUNNO, so later Postfix
+restrictions still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from postwarden.clock import Clock
+from postwarden.config.errors import ConfigProblem
+from postwarden.config.schema import Mode, Settings
+from policyd.decision import DUNNO, Decision, Verb
+from policyd.protocol import PolicyRequest, ProtocolState
+
+log = logging.getLogger("postwarden.policyd")
+
+
+@dataclass
+class CheckContext:
+    """What a check may use besides the request: no globals, all passed in.
+
+    `store` is a `postwarden.store.client.AsyncStore`; `resolver` a
+    `dns.asyncresolver.Resolver` built from `dns` settings (typed loosely so
+    pure checks can be tested with narrower stand-ins of the same shape).
+    """
+
+    settings: Settings
+    store: object
+    clock: Clock
+    resolver: object = None
+    # Per-process scratch space keyed by check name (e.g. per-instance caches).
+    state: dict[str, object] = field(default_factory=dict)
+
+
+CheckFn = Callable[[PolicyRequest, CheckContext], Awaitable[Decision | None]]
+
+RCPT_STATES = frozenset({ProtocolState.RCPT})
+
+
+@dataclass(frozen=True)
+class BuiltCheck:
+    """A check ready to run: its compiled settings live in `run`'s closure."""
+
+    name: str
+    run: CheckFn
+    mode: Mode = Mode.ENFORCE
+    states: frozenset[ProtocolState] = RCPT_STATES
+
+
+# A check module exposes `build(settings, problems) -> BuiltCheck | None`:
+# None when disabled; problems it can survive (a bad whitelist line) are
+# appended with severity "warning", fatal ones with severity "error".
+Builder = Callable[[Settings, list[ConfigProblem]], BuiltCheck | None]
+
+
+def builders() -> dict[str, Builder]:
+    """Name -> builder, for every check `policyd.order` may name."""
+    from policyd.checks import access, greylist, ratelimit, sender_login, spf
+
+    return {
+        "access": access.build,
+        "sender_login": sender_login.build,
+        "ratelimit": ratelimit.build,
+        "spf": spf.build,
+        "greylist": greylist.build,
+    }
+
+
+def build_pipeline(settings: Settings, problems: list[ConfigProblem]) -> list[BuiltCheck]:
+    table = builders()
+    checks = []
+    for name in settings.policyd.order:
+        built = table[name](settings, problems)
+        if built is not None:
+            checks.append(built)
+    return checks
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The pipeline's answer plus what each check said, for the log line."""
+
+    decision: Decision
+    trail: tuple[tuple[str, str], ...] = ()
+
+
+async def evaluate(
+    checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckContext
+) -> Outcome:
+    """Run the checks that apply to this stage; first decisive answer wins."""
+    prepend: Decision | None = None
+    trail: list[tuple[str, str]] = []
+    for check in checks:
+        if req.protocol_state not in check.states:
+            continue
+        decision = await check.run(req, ctx)
+        if decision is None or decision.verb is Verb.DUNNO:
+            continue
+        if not decision.check:
+            decision = Decision(
+                decision.verb, decision.reply, decision.header, decision.text,
+                decision.reason, check.name, decision.extra_log,
+            )  # fmt: skip
+        if check.mode is Mode.WARN and decision.verb.decisive:
+            would = decision.action_line()
+            trail.append((check.name, f"warn:{decision.verb.value}"))
+            header = f"{ctx.settings.policyd.warn_header}: {check.name} would {would}"
+            if prepend is None:
+                prepend = Decision(Verb.PREPEND, header=header, check=check.name,
+                                   reason=f"warn mode: {decision.reason}")  # fmt: skip
+            continue
+        trail.append((check.name, decision.verb.value))
+        if decision.verb.decisive:
+            return Outcome(decision, tuple(trail))
+        if decision.verb is Verb.PREPEND and prepend is None:
+            prepend = decision
+    return Outcome(prepend or DUNNO, tuple(trail))

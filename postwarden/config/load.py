@@ -1,0 +1,281 @@
+"""YAML nodes -> typed settings, collecting every problem with its file:line.
+
+`yaml.compose` keeps each node's position, so a wrong value is reported as
+`postwarden.yaml:41: policyd.greylist.delay: expected a duration like "5m",
+got 'five'`. The walker is driven by the dataclass annotations in the schema:
+adding a field to a settings class is all a new key needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from postwarden.config.errors import ConfigError, ConfigProblem
+from postwarden.config.schema import Settings
+from postwarden.config.units import Duration, FilePath, Size, SocketAddress, parse_network
+
+DEFAULT_PATH = "/etc/postwarden/postwarden.yaml"
+ENV_VAR = "POSTWARDEN_CONFIG"
+
+_NETWORK_TYPES = {"IPv4Network | IPv6Network", "Network"}
+
+
+def config_path(explicit: str | None) -> str:
+    """`-c FILE`, else `$POSTWARDEN_CONFIG`, else the system default."""
+    return explicit or os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load_config(path: str | os.PathLike[str]) -> Settings:
+    """Read, parse and validate; raise ConfigError with every problem found."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(path, 0, "", "config file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(path, 0, "", f"cannot read config: {exc}")]) from None
+    return load_config_text(text, path)
+
+
+def load_config_text(text: str, filename: str = "<string>") -> Settings:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigProblem(filename, line, "", f"YAML syntax: {problem}")]) from None
+    walker = _Walker(filename)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):
+        settings = Settings()
+    else:
+        settings = walker.build(Settings, node, "")
+    if walker.problems:
+        raise ConfigError(walker.problems)
+    return settings
+
+
+class _Invalid(Exception):
+    """Internal: this node's value was reported; the caller uses the default."""
+
+
+class _Walker:
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.base = Path(filename).resolve().parent if filename != "<string>" else Path.cwd()
+        self.problems: list[ConfigProblem] = []
+
+    def report(self, node: yaml.Node, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.filename, node.start_mark.line + 1, key, message))
+
+    # -- dataclasses ------------------------------------------------------
+    def build(self, cls: type, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            self.report(node, key or "(top level)", f"expected a mapping, got {_kind(node)}")
+            raise _Invalid
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        seen: set[str] = set()
+        for knode, vnode in node.value:
+            name = knode.value if isinstance(knode, yaml.ScalarNode) else None
+            sub = f"{key}.{name}" if key else str(name)
+            if name is None or name not in fields or fields[name].name.startswith("_"):
+                hint = difflib.get_close_matches(str(name), list(fields), n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                valid = ", ".join(sorted(fields))
+                self.report(knode, sub, f"unknown key{extra} (valid keys: {valid})")
+                continue
+            if name in seen:
+                self.report(knode, sub, "key given twice")
+                continue
+            seen.add(name)
+            f = fields[name]
+            try:
+                values[name] = self.value(hints[name], vnode, sub, f.metadata)
+            except _Invalid:
+                continue
+        validate = getattr(cls, "validate_node", None)
+        try:
+            obj = cls(**values)
+        except (TypeError, ValueError) as exc:
+            self.report(node, key or "(top level)", str(exc))
+            raise _Invalid from None
+        if validate is not None:
+            for message in validate(obj):
+                self.report(node, key or "(top level)", message)
+        return obj
+
+    # -- values -----------------------------------------------------------
+    def value(self, tp: Any, node: yaml.Node, key: str, meta: Mapping[str, Any]) -> Any:
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            non_none = [a for a in args if a is not type(None)]
+            if _is_null(node):
+                if type(None) in args:
+                    return None
+            if len(non_none) == 1:
+                return self.value(non_none[0], node, key, meta)
+            if {a.__name__ for a in non_none} == {"IPv4Network", "IPv6Network"}:
+                return self.scalar(parse_network, node, key)
+            self.report(node, key, f"unsupported schema type {tp}")
+            raise _Invalid
+        if origin in (tuple, list):
+            if not isinstance(node, yaml.SequenceNode):
+                if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+                    # A single value where a list is expected: accept as a list of one.
+                    items = [node]
+                elif _is_null(node):
+                    items = []
+                else:
+                    self.report(node, key, f"expected a list, got {_kind(node)}")
+                    raise _Invalid
+            else:
+                items = list(node.value)
+            item_tp = args[0]
+            out = []
+            ok = True
+            for i, item in enumerate(items):
+                try:
+                    out.append(self.value(item_tp, item, f"{key}[{i}]", meta))
+                except _Invalid:
+                    ok = False
+            if not ok:
+                raise _Invalid
+            return tuple(out)
+        if origin in (dict, Mapping) or origin is typing.get_origin(Mapping[str, int]):
+            if _is_null(node):
+                return {}
+            if not isinstance(node, yaml.MappingNode):
+                self.report(node, key, f"expected a mapping, got {_kind(node)}")
+                raise _Invalid
+            result: dict[str, Any] = {}
+            bad = False
+            for knode, vnode in node.value:
+                k = str(knode.value)
+                try:
+                    result[k] = self.value(args[1], vnode, f"{key}.{k}", meta)
+                except _Invalid:
+                    bad = True
+            if bad:
+                raise _Invalid
+            return types.MappingProxyType(result)
+        if tp is SocketAddress:
+            return self.scalar(SocketAddress.parse, node, key)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            if _is_null(node):
+                return tp()
+            return self.build(tp, node, key)
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return self.scalar(lambda v: _enum(tp, v), node, key)
+        if tp is bool:
+            return self.scalar(_bool, node, key)
+        if tp is Duration:
+            return self.ranged(self.scalar(Duration.parse, node, key), node, key, meta)
+        if tp is Size:
+            return self.ranged(self.scalar(Size.parse, node, key), node, key, meta)
+        if tp is int:
+            return self.ranged(self.scalar(_int, node, key), node, key, meta)
+        if tp is float:
+            return self.ranged(self.scalar(_float, node, key), node, key, meta)
+        if tp is FilePath:
+            return self.scalar(lambda v: FilePath.parse(self.resolve(v)), node, key)
+        if tp is str:
+            return self.scalar(_str, node, key)
+        if tp is typing.Any:
+            return yaml.safe_load(yaml.serialize(node))
+        self.report(node, key, f"unsupported schema type {tp}")
+        raise _Invalid
+
+    def resolve(self, value: object) -> object:
+        """Relative paths are relative to the config file's directory."""
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            return str(self.base / value)
+        return value
+
+    def scalar(self, parse: Any, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            self.report(node, key, f"expected a single value, got {_kind(node)}")
+            raise _Invalid
+        try:
+            return parse(_plain(node))
+        except ValueError as exc:
+            self.report(node, key, str(exc))
+            raise _Invalid from None
+
+    def ranged(self, value: Any, node: yaml.Node, key: str, meta: Mapping[str, Any]) -> Any:
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and value < lo:
+            self.report(node, key, f"must be at least {_show(lo)}, got {_show(value)}")
+            raise _Invalid
+        if hi is not None and value > hi:
+            self.report(node, key, f"must be at most {_show(hi)}, got {_show(value)}")
+            raise _Invalid
+        return value
+
+
+def _show(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _plain(node: yaml.ScalarNode) -> object:
+    """The scalar's Python value by the YAML core schema (int, bool, str, ...)."""
+    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"{node.value!r}"
+
+
+def _bool(v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected a whole number, got {v!r}")
+    return v
+
+
+def _float(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _str(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool) or v is None:
+        raise ValueError(f"expected a string, got {v!r}")
+    return str(v)
+
+
+def _enum(tp: type[enum.Enum], v: object) -> enum.Enum:
+    text = str(v).strip()
+    for member in tp:
+        if str(member.value).lower() == text.lower():
+            return member
+    choices = ", ".join(str(m.value) for m in tp)
+    raise ValueError(f"expected one of {choices}; got {v!r}")

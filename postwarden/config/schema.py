@@ -1,0 +1,166 @@
+"""The settings tree: one frozen dataclass per YAML block.
+
+`deploy/postwarden.yaml` documents every field here (a qa test keeps the two
+in step). Defaults are the safe choice for a fresh install; the comments in
+that file say why each default is what it is.
+
+Service-specific blocks live beside this module (`sections/`), one file per
+service, so each check owns its settings without touching the others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+from postwarden.config.fields import setting
+from postwarden.config.sections.common import MilterSettings, Mode, OnError
+from postwarden.config.sections.headers import HeadersMilterSettings
+from postwarden.config.sections.policyd import PolicydSettings
+from postwarden.config.units import Duration, Network, SocketAddress
+
+__all__ = [
+    "DnsSettings",
+    "LogFormat",
+    "LogLevel",
+    "LogSettings",
+    "MetricsSettings",
+    "MilterSettings",
+    "MiltersSettings",
+    "Mode",
+    "OnError",
+    "RedisSettings",
+    "SentinelSettings",
+    "Settings",
+]
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSettings:
+    hosts: tuple[str, ...] = setting(factory=tuple, doc="host:port of each Sentinel")
+    service: str = setting("mymaster", doc="the monitored master's name")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str | None = setting(None, doc="redis://, rediss://, unix://; none = embedded server")
+    prefix: str = setting("pw:", doc="prefix of every key postwarden writes")
+    cluster: bool = setting(False, doc="url names a Redis Cluster node")
+    sentinel: SentinelSettings | None = setting(None, doc="use Sentinel instead of url")
+    timeout: Duration = setting(Duration(1.0), min=0.01, doc="socket timeout per command")
+
+    def validate_node(self) -> list[str]:
+        problems = []
+        if self.url is not None and not self.url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            problems.append(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
+        if self.sentinel is not None and not self.sentinel.hosts:
+            problems.append("sentinel.hosts must list at least one host:port")
+        if self.cluster and self.sentinel is not None:
+            problems.append("cluster and sentinel cannot both be set")
+        return problems
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: LogLevel = setting(LogLevel.INFO)
+    format: LogFormat = setting(LogFormat.TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool = setting(False)
+    listen: str = setting("127.0.0.1:9900", doc="host:port of the /metrics endpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    nameservers: tuple[str, ...] = setting(factory=tuple, doc="IP or IP:PORT; empty = system")
+    timeout: Duration = setting(Duration(5.0), min=0.1, max=60)
+
+    def validate_node(self) -> list[str]:
+        problems = []
+        for ns in self.nameservers:
+            host, port = _split_ns(ns)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                problems.append(f"nameservers: {ns!r} is not an IP address or IP:PORT")
+            if port is not None and not 0 < port < 65536:
+                problems.append(f"nameservers: port out of range in {ns!r}")
+        return problems
+
+    def parsed_nameservers(self) -> list[tuple[str, int]]:
+        return [(h, p or 53) for h, p in (_split_ns(ns) for ns in self.nameservers)]
+
+
+def _split_ns(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, int(port) if port.isdigit() else -1
+    return text, None
+
+
+def _milter(name: str) -> MilterSettings:
+    return MilterSettings(socket=_sock(name))
+
+
+def _sock(name: str) -> SocketAddress:
+    return SocketAddress("unix", path=f"/var/spool/postfix/postwarden/{name}.sock")
+
+
+@dataclass(frozen=True, slots=True)
+class MiltersSettings:
+    headers: HeadersMilterSettings = setting(
+        factory=lambda: HeadersMilterSettings(socket=_sock("headers"))
+    )
+    attachments: MilterSettings = setting(factory=lambda: _milter("attachments"))
+    dkim: MilterSettings = setting(factory=lambda: _milter("dkim"))
+    spam: MilterSettings = setting(factory=lambda: _milter("spam"))
+    # Diagnostic: accepts everything and stamps one header; never started by
+    # `postwarden run` unless enabled. Used to measure the adapter's cost.
+    noop: MilterSettings = setting(factory=lambda: MilterSettings(enabled=False, socket=_sock("noop")))
+
+    def by_name(self) -> dict[str, MilterSettings]:
+        return {
+            "headers": self.headers,
+            "attachments": self.attachments,
+            "dkim": self.dkim,
+            "spam": self.spam,
+            "noop": self.noop,
+        }
+
+
+DEFAULT_TRUSTED: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis: RedisSettings = setting(factory=RedisSettings)
+    state_dir: str = setting("/var/lib/postwarden", doc="embedded Redis, metrics, keys")
+    log: LogSettings = setting(factory=LogSettings)
+    metrics: MetricsSettings = setting(factory=MetricsSettings)
+    dns: DnsSettings = setting(factory=DnsSettings)
+    trusted_networks: tuple[Network, ...] = setting(DEFAULT_TRUSTED)
+    milters: MiltersSettings = setting(factory=MiltersSettings)
+    policyd: PolicydSettings = setting(factory=PolicydSettings)

@@ -1,0 +1,1 @@
+"""One settings module per service block (see `postwarden.config.schema`)."""

@@ -1,0 +1,27 @@
+"""The one exception root every postwarden error derives from.
+
+Callers catch `PostwardenError` subclasses by meaning, never library exceptions:
+checks do not know redis-py or dnspython exist.
+"""
+
+from __future__ import annotations
+
+
+class PostwardenError(Exception):
+    """Root of every error postwarden raises on purpose."""
+
+
+class StoreUnavailable(PostwardenError):
+    """Redis could not be reached or answered with a connection-level error.
+
+    Services map this onto their `on_error` fallback; redis-py's retry and
+    connection pool reconnect by themselves on the next call.
+    """
+
+
+class ResolverUnavailable(PostwardenError):
+    """DNS did not answer in time (or at all); the caller picks its temperror path."""
+
+
+class EmbeddedRedisError(PostwardenError):
+    """The private redis-server could not be started."""

@@ -1,0 +1,131 @@
+"""Logging: context on every line, one greppable decision line per message.
+
+Every record carries the Postfix queue ID, the Message-ID and a connection
+tag from context variables, so `grep 4F2XQ1 mail.log` finds the whole story
+(like Rspamd's task lines). Services set the context on entry to each
+callback: libmilter may move a session between worker threads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+queue_id: contextvars.ContextVar[str] = contextvars.ContextVar("queue_id", default="")
+message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", default="")
+conn: contextvars.ContextVar[str] = contextvars.ContextVar("conn", default="")
+
+_DEFAULT_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(context)s%(message)s"
+
+
+class ContextFilter(logging.Filter):
+    """Adds `queue_id`, `message_id`, `conn` and a ready-made `context` prefix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        q, m, c = queue_id.get(), message_id.get(), conn.get()
+        record.queue_id, record.message_id, record.conn = q, m, c
+        parts = []
+        if q:
+            parts.append(f"{q}:")
+        if c:
+            parts.append(f"conn={c}")
+        record.context = (" ".join(parts) + " ") if parts else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        for key in ("queue_id", "message_id", "conn"):
+            value = getattr(record, key, "")
+            if value:
+                out[key] = value
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            out.update(fields)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None:
+    """Configure the root logger once per process (stderr; journald reads it)."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.addFilter(ContextFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        formatter = logging.Formatter(_DEFAULT_FORMAT)
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def kv(fields: Mapping[str, object]) -> str:
+    """`key=value` pairs; values with spaces or quotes are JSON-quoted."""
+    parts = []
+    for key, value in fields.items():
+        if value is None or value == "":
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        if not text or any(c in text for c in ' "=\t\n') or not text.isprintable():
+            text = json.dumps(text, ensure_ascii=False)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def decision(logger: logging.Logger, fields: Mapping[str, object], level: int = logging.INFO) -> None:
+    """The one line per decision: `decision key=value ...`; JSON gets fields too."""
+    logger.log(level, "decision %s", kv(fields), extra={"fields": dict(fields)})
+
+
+@contextmanager
+def context(*, queue: str | None = None, msgid: str | None = None, connection: str | None = None) -> Iterator[None]:
+    tokens = []
+    if queue is not None:
+        tokens.append((queue_id, queue_id.set(queue)))
+    if msgid is not None:
+        tokens.append((message_id, message_id.set(msgid)))
+    if connection is not None:
+        tokens.append((conn, conn.set(connection)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class RateLimitedLog:
+    """Log a recurring failure once per interval and count the rest."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        skipped = self._suppressed.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({skipped} more since last report)" if skipped else ""
+        self.logger.warning(msg + suffix, *args)

@@ -1,0 +1,101 @@
+"""The private redis-server postwarden starts when `redis.url` is not set.
+
+A real redis-server from PATH, on a unix socket under `state_dir/redis/`, with
+no TCP port. `postwarden run` starts it before the services and stops it after
+them; a service started alone reuses one that already answers there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from postwarden.errors import EmbeddedRedisError
+
+INSTALL_HINT = "install it with: apt-get install redis-server"
+
+
+def socket_path(state_dir: str | os.PathLike[str]) -> str:
+    return str(Path(state_dir) / "redis" / "redis.sock")
+
+
+def answers(path: str, timeout: float = 0.5) -> bool:
+    """True when something on `path` answers PING with PONG."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """Start/stop one private redis-server.
+
+    `persist=True` (production) snapshots to `dump.rdb` so greylist and Bayes
+    data survive a restart; tests pass `persist=False`.
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, persist: bool = True) -> None:
+        self.dir = Path(state_dir) / "redis"
+        self.socket = socket_path(state_dir)
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise EmbeddedRedisError(f"redis-server not found on PATH; {INSTALL_HINT}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise EmbeddedRedisError(f"cannot create {self.dir}: {exc.strerror}") from None
+        if answers(self.socket):
+            raise EmbeddedRedisError(f"a Redis already answers on {self.socket}")
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        log = self.dir / "redis.log"
+        args = [
+            binary,
+            "--port", "0",
+            "--unixsocket", self.socket,
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--daemonize", "no",
+            "--logfile", str(log),
+            "--appendonly", "no",
+            "--save", "300 1 60 1000" if self.persist else "",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                raise EmbeddedRedisError(f"redis-server exited at start: {err or tail}".strip())
+            if answers(self.socket):
+                return self.socket
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,53 @@
+"""Every Redis key postwarden writes, and how long it lives.
+
+One function per key family, each returning `<prefix><family>:...`. Keys that
+one Lua script touches together share a hash tag (`{...}`), so the script is
+legal on Redis Cluster. Families whose encoding may change carry a version
+segment (`v1`). Nothing is written without a TTL: the TTL of each family is
+given here or (when it comes from config) by the check that writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+# Counters for `postwarden stat` keep a rolling lifetime: refreshed on every
+# write, gone after a year of silence.
+STAT_TTL = 400 * 86400
+
+
+def digest(*parts: str) -> str:
+    """A short stable digest so user-controlled strings never shape key names."""
+    h = hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=12)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "pw:"
+
+    # -- greylisting (policyd/checks/greylist.py); TTLs from policyd.greylist
+    def greylist_triplet(self, network: str, sender: str, recipient: str) -> str:
+        return f"{self.prefix}grey:v1:t:{digest(network, sender, recipient)}"
+
+    def greylist_client(self, network: str) -> str:
+        return f"{self.prefix}grey:v1:awl:{network}"
+
+    # -- rate limits (policyd/checks/ratelimit.py); TTL 2 x window
+    def ratelimit(self, subject: str, rule: str, window: str) -> str:
+        return f"{self.prefix}rl:{{{digest(subject)}}}:{rule}:{window}"
+
+    def known_recipients(self, sender: str) -> str:
+        return f"{self.prefix}rl:{{{digest(sender)}}}:known"
+
+    # -- SPF result cache (policyd/checks/spf.py); short TTL from policyd.spf
+    def spf_result(self, client_ip: str, domain: str, helo: str) -> str:
+        return f"{self.prefix}spf:v1:{digest(client_ip, domain, helo)}"
+
+    # -- counters for `postwarden stat`; STAT_TTL
+    def stat(self, name: str) -> str:
+        return f"{self.prefix}stat:{name}"
+
+    def stat_pattern(self) -> str:
+        return f"{self.prefix}stat:*"
