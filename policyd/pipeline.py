@@ -93,9 +93,7 @@ class Outcome:
     trail: tuple[tuple[str, str], ...] = ()
 
 
-async def evaluate(
-    checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckContext
-) -> Outcome:
+async def evaluate(checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckContext) -> Outcome:
     """Run the checks that apply to this stage; first decisive answer wins."""
     prepend: Decision | None = None
     trail: list[tuple[str, str]] = []

@@ -80,7 +80,7 @@ def kv(fields: Mapping[str, object]) -> str:
     """`key=value` pairs; values with spaces or quotes are JSON-quoted."""
     parts = []
     for key, value in fields.items():
-        if value is None or value == "":
+        if value is None or value == "" or (isinstance(value, list | tuple) and not value):
             continue
         text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
         if not text or any(c in text for c in ' "=\t\n') or not text.isprintable():
@@ -89,13 +89,17 @@ def kv(fields: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-def decision(logger: logging.Logger, fields: Mapping[str, object], level: int = logging.INFO) -> None:
+def decision(
+    logger: logging.Logger, fields: Mapping[str, object], level: int = logging.INFO
+) -> None:
     """The one line per decision: `decision key=value ...`; JSON gets fields too."""
     logger.log(level, "decision %s", kv(fields), extra={"fields": dict(fields)})
 
 
 @contextmanager
-def context(*, queue: str | None = None, msgid: str | None = None, connection: str | None = None) -> Iterator[None]:
+def context(
+    *, queue: str | None = None, msgid: str | None = None, connection: str | None = None
+) -> Iterator[None]:
     tokens = []
     if queue is not None:
         tokens.append((queue_id, queue_id.set(queue)))

@@ -235,7 +235,9 @@ def _is_null(node: yaml.Node) -> bool:
 
 def _plain(node: yaml.ScalarNode) -> object:
     """The scalar's Python value by the YAML core schema (int, bool, str, ...)."""
-    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    return (
+        yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+    )
 
 
 def _kind(node: yaml.Node) -> str:

@@ -64,9 +64,7 @@ class RedisSettings:
 
     def validate_node(self) -> list[str]:
         problems = []
-        if self.url is not None and not self.url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
             problems.append(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
         if self.sentinel is not None and not self.sentinel.hosts:
             problems.append("sentinel.hosts must list at least one host:port")
@@ -136,7 +134,9 @@ class MiltersSettings:
     spam: MilterSettings = setting(factory=lambda: _milter("spam"))
     # Diagnostic: accepts everything and stamps one header; never started by
     # `postwarden run` unless enabled. Used to measure the adapter's cost.
-    noop: MilterSettings = setting(factory=lambda: MilterSettings(enabled=False, socket=_sock("noop")))
+    noop: MilterSettings = setting(
+        factory=lambda: MilterSettings(enabled=False, socket=_sock("noop"))
+    )
 
     def by_name(self) -> dict[str, MilterSettings]:
         return {

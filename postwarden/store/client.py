@@ -82,7 +82,9 @@ def connect_sync(settings: RedisSettings, embedded_socket: str | None = None) ->
     url = url_for(settings, embedded_socket)
     if settings.cluster:
         return redis.cluster.RedisCluster.from_url(
-            url, socket_timeout=opts["socket_timeout"], socket_connect_timeout=opts["socket_timeout"]
+            url,
+            socket_timeout=opts["socket_timeout"],
+            socket_connect_timeout=opts["socket_timeout"],
         )
     return redis.Redis.from_url(url, **opts)
 
@@ -100,7 +102,9 @@ def connect_async(settings: RedisSettings, embedded_socket: str | None = None) -
     url = url_for(settings, embedded_socket)
     if settings.cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(
-            url, socket_timeout=opts["socket_timeout"], socket_connect_timeout=opts["socket_timeout"]
+            url,
+            socket_timeout=opts["socket_timeout"],
+            socket_connect_timeout=opts["socket_timeout"],
         )
     return redis.asyncio.Redis.from_url(url, **opts)
 

@@ -80,7 +80,11 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
                 raise EmbeddedRedisError(f"redis-server exited at start: {err or tail}".strip())
             if answers(self.socket):
@@ -99,3 +103,15 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def ensure(state_dir: str, persist: bool = True) -> tuple[str, EmbeddedRedis | None]:
+    """The embedded socket for a service started on its own: reuse a server
+    that already answers (e.g. one `postwarden run` started), else start one
+    owned by the caller (returned, so the caller stops it on exit)."""
+    path = socket_path(state_dir)
+    if answers(path):
+        return path, None
+    server = EmbeddedRedis(state_dir, persist=persist)
+    server.start()
+    return path, server

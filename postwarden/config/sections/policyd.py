@@ -27,7 +27,9 @@ class PolicydSettings:
     max_line: int = setting(4096, min=256, max=1024 * 1024)
     max_attributes: int = setting(100, min=10, max=10000)
     idle_timeout: Duration = setting(Duration(300.0), min=1, doc="Postfix reuses for 100s")
-    request_timeout: Duration = setting(Duration(20.0), min=0.1, doc="below smtpd_policy_service_timeout")
+    request_timeout: Duration = setting(
+        Duration(20.0), min=0.1, doc="below smtpd_policy_service_timeout"
+    )
     max_connections: int = setting(256, min=1, max=100000)
     access: AccessSettings = setting(factory=AccessSettings)
     sender_login: SenderLoginSettings = setting(factory=SenderLoginSettings)

@@ -1,0 +1,85 @@
+"""Run the policy daemon in the foreground: `postwarden policyd`.
+
+Wires settings, store, resolver and checks into a PolicyServer, then handles
+signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config file and
+keeps the old one when the new one is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from postwarden import sdnotify
+from postwarden.clock import SystemClock
+from postwarden.config import ConfigError, Settings, load_config
+from postwarden.config.errors import ConfigProblem
+from postwarden.resolver import make_async_resolver
+from postwarden.store import embedded
+from postwarden.store.client import open_async_store
+from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline
+from policyd.server import PolicyServer
+
+log = logging.getLogger("postwarden.policyd")
+
+
+def compile_checks(settings: Settings) -> list[BuiltCheck]:
+    """Build the pipeline; raise ConfigError on fatal problems, log warnings."""
+    problems: list[ConfigProblem] = []
+    checks = build_pipeline(settings, problems)
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        if p.severity != "error":
+            log.warning("%s", p)
+    if errors:
+        raise ConfigError(errors)
+    return checks
+
+
+async def serve(config_path: str, settings: Settings) -> int:
+    checks = compile_checks(settings)
+    owned = None
+    socket_path = None
+    if settings.redis.url is None and settings.redis.sentinel is None:
+        socket_path, owned = embedded.ensure(settings.state_dir)
+    store = open_async_store(settings.redis, socket_path)
+    ctx = CheckContext(
+        settings=settings,
+        store=store,
+        clock=SystemClock(),
+        resolver=make_async_resolver(settings.dns),
+    )
+    server = PolicyServer(settings, checks, ctx)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            new = load_config(config_path)
+            new_checks = compile_checks(new)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config:\n%s", exc)
+            return
+        ctx.resolver = make_async_resolver(new.dns)
+        server.reload(new, new_checks)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    sdnotify.notify("READY=1")
+    try:
+        await stop.wait()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        log.info("policyd stopping")
+        await server.stop()
+        await store.close()
+        if owned is not None:
+            owned.stop()
+    return 0
+
+
+def run(config_path: str, settings: Settings) -> int:
+    return asyncio.run(serve(config_path, settings))

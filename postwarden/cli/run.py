@@ -1,0 +1,32 @@
+"""`postwarden run`: every enabled service under one supervisor."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from postwarden import logs
+from postwarden.cli.config import service_problems
+from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
+from postwarden.errors import PostwardenError
+
+
+@click.command()
+@config_option
+def run(config_file: str | None) -> None:
+    """Start every enabled service; restart crashed ones; SIGHUP reloads."""
+    from postwarden.supervisor import Supervisor
+
+    path, settings = load_or_exit(config_file)
+    logs.setup(settings.log.level.value, settings.log.format.value)
+    problems = service_problems(settings)
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if any(p.severity == "error" for p in problems):
+        sys.exit(EX_CONFIG)
+    try:
+        sys.exit(Supervisor(path, settings).run())
+    except PostwardenError as exc:
+        click.echo(f"postwarden run: {exc}", err=True)
+        sys.exit(1)

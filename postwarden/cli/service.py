@@ -1,0 +1,56 @@
+"""`postwarden milter NAME` and `postwarden policyd`: one service, foreground."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from postwarden import logs
+from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
+from postwarden.config import ConfigError
+from postwarden.errors import PostwardenError
+
+
+@click.command()
+@config_option
+@click.argument("name")
+def milter(config_file: str | None, name: str) -> None:
+    """Run the milter NAME (headers, attachments, dkim, spam, noop) in the foreground."""
+    from milters import adapter
+    from milters.engine import builders
+
+    path, settings = load_or_exit(config_file)
+    logs.setup(settings.log.level.value, settings.log.format.value)
+    if name not in builders():
+        raise click.BadParameter(
+            f"unknown milter {name!r}; known: {', '.join(sorted(builders()))}", param_hint="NAME"
+        )
+    try:
+        sys.exit(adapter.run(name, path, settings))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EX_CONFIG)
+    except PostwardenError as exc:
+        click.echo(f"postwarden milter {name}: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@config_option
+def policyd(config_file: str | None) -> None:
+    """Run the policy daemon in the foreground."""
+    from policyd import service
+
+    path, settings = load_or_exit(config_file)
+    logs.setup(settings.log.level.value, settings.log.format.value)
+    try:
+        sys.exit(service.run(path, settings))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EX_CONFIG)
+    except PostwardenError as exc:
+        click.echo(f"postwarden policyd: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,46 @@
+"""`postwarden stat`: counters kept in Redis, like `rspamc stat`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
+from postwarden.errors import StoreUnavailable
+from postwarden.store import embedded
+from postwarden.store.client import open_store, unavailable_on_error
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def stat(config_file: str | None, as_json: bool) -> None:
+    """Show counters: scanned, by action, learned, greylisted, rate-limited."""
+    _, settings = load_or_exit(config_file)
+    socket_path = None
+    if settings.redis.url is None and settings.redis.sentinel is None:
+        socket_path = embedded.socket_path(settings.state_dir)
+    store = open_store(settings.redis, socket_path)
+    prefix = store.keys.stat("")
+    try:
+        with unavailable_on_error():
+            keys = sorted(store.redis.scan_iter(match=store.keys.stat_pattern(), count=1000))
+            values = store.redis.mget(keys) if keys else []
+    except StoreUnavailable as exc:
+        click.echo(f"postwarden stat: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    counters = {
+        k.decode()[len(prefix) :]: int(v)
+        for k, v in zip(keys, values, strict=True)
+        if v is not None
+    }
+    if as_json:
+        click.echo(json.dumps(counters, sort_keys=True))
+        return
+    if not counters:
+        click.echo("no counters yet")
+    width = max((len(k) for k in counters), default=0)
+    for name, value in counters.items():
+        click.echo(f"{name:<{width}}  {value}")
