@@ -115,8 +115,9 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
         def go() -> None:
             self._client_name = hostname or "unknown"
             self._read_macros("connect")
+            # pymilter passes (ip, port) for inet families; some callers a bare string.
             addr = self._macros.get("client_addr") or (
-                hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else ""
+                hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr or ""
             )
             try:
                 self._client_address = ipaddress.ip_address(str(addr).removeprefix("IPv6:"))

@@ -1,0 +1,242 @@
+"""The policy server over real unix sockets, with a real Redis behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from postwarden.clock import ManualClock
+from postwarden.config.schema import OnError, Settings
+from postwarden.config.sections.common import Mode
+from postwarden.config.units import SocketAddress
+from postwarden.replies import Reply
+from postwarden.store.client import AsyncStore
+from postwarden.store.embedded import EmbeddedRedis
+from policyd.decision import Decision, Verb
+from policyd.pipeline import BuiltCheck, CheckContext
+from policyd.protocol import PolicyRequest, encode_request
+from policyd.server import PolicyServer
+from tests.conftest import make_async_store
+
+
+def req(**attrs: str) -> bytes:
+    base = {"request": "smtpd_access_policy", "protocol_state": "RCPT",
+            "client_address": "192.0.2.1", "sender": "a@example.org"}  # fmt: skip
+    base.update(attrs)
+    return encode_request(base)
+
+
+async def by_recipient(r: PolicyRequest, ctx: CheckContext) -> Decision | None:
+    """A check whose answer is spelled in the recipient's local part."""
+    local = r.recipient.partition("@")[0]
+    if local == "reject":
+        return Decision(Verb.REJECT, reply=Reply(550, "5.7.1", "no thanks"), reason="test")
+    if local == "defer":
+        return Decision(Verb.DEFER, reply=Reply(450, "4.7.1", "later"))
+    if local == "prepend":
+        return Decision(Verb.PREPEND, header="X-Test: yes")
+    if local == "boom":
+        raise RuntimeError("bug in a check")
+    if local == "slow":
+        await asyncio.sleep(30)
+    return None
+
+
+async def counts_in_redis(r: PolicyRequest, ctx: CheckContext) -> Decision | None:
+    store = ctx.store
+    assert isinstance(store, AsyncStore)
+    await store.run("stat_incr", [store.keys.stat("seen")], [1, 60])
+    return None
+
+
+def settings_for(tmp: Path, **policyd: object) -> Settings:
+    s = Settings()
+    p = replace(s.policyd, socket=SocketAddress("unix", path=str(tmp / "p.sock")), **policyd)
+    return replace(s, policyd=p)
+
+
+@asynccontextmanager
+async def running(
+    tmp: Path, checks: list[BuiltCheck], store: AsyncStore | None = None, **policyd: object
+) -> AsyncIterator[PolicyServer]:
+    s = settings_for(tmp, **policyd)
+    ctx = CheckContext(settings=s, store=store, clock=ManualClock())
+    server = PolicyServer(s, checks, ctx)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(deadline=2)
+
+
+async def exchange(path: str, payload: bytes, replies: int, chunk: int = 65536) -> list[bytes]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    for i in range(0, len(payload), chunk):
+        writer.write(payload[i : i + chunk])
+        await writer.drain()
+    out = [await reader.readuntil(b"\n\n") for _ in range(replies)]
+    writer.close()
+    return out
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro())  # type: ignore[arg-type]
+
+
+CHECK = BuiltCheck("test", by_recipient)
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 128, 4096])
+def test_pipelined_requests_are_answered_in_order(tmp_path: Path, chunk: int) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK]) as server:
+            payload = req(recipient="reject@x") + req(recipient="ok@x") + req(recipient="defer@x")
+            out = await exchange(server.settings.policyd.socket.path, payload, 3, chunk)
+            assert out == [b"action=550 5.7.1 no thanks\n\n", b"action=DUNNO\n\n",
+                           b"action=450 4.7.1 later\n\n"]  # fmt: skip
+
+    run(go)
+
+
+def test_first_decisive_answer_wins_and_prepend_is_kept_otherwise(tmp_path: Path) -> None:
+    async def always_defer(r: PolicyRequest, ctx: CheckContext) -> Decision | None:
+        return Decision(Verb.DEFER, reply=Reply(450, "4.7.1", "second check"))
+
+    async def go() -> None:
+        checks = [CHECK, BuiltCheck("second", always_defer)]
+        async with running(tmp_path, checks) as server:
+            path = server.settings.policyd.socket.path
+            out = await exchange(path, req(recipient="reject@x") + req(recipient="ok@x"), 2)
+            assert out == [b"action=550 5.7.1 no thanks\n\n", b"action=450 4.7.1 second check\n\n"]
+        async with running(tmp_path, [CHECK]) as server:
+            out = await exchange(path, req(recipient="prepend@x"), 1)
+            assert out == [b"action=PREPEND X-Test: yes\n\n"]
+
+    run(go)
+
+
+def test_warn_mode_prepends_what_would_have_happened(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [BuiltCheck("test", by_recipient, Mode.WARN)]) as server:
+            out = await exchange(server.settings.policyd.socket.path, req(recipient="reject@x"), 1)
+            assert out == [b"action=PREPEND X-Postwarden-Warn: test would 550 5.7.1 no thanks\n\n"]
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "malformed policy request")
+def test_garbage_gets_dunno_and_the_connection_stays_usable(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK]) as server:
+            path = server.settings.policyd.socket.path
+            garbage = b"\x00\xff\xfe binary\n\n"
+            huge_line = b"recipient=" + b"A" * (1024 * 1024) + b"\n\n"
+            many = b"".join(b"x%d=1\n" % i for i in range(10_000)) + b"\n"
+            payload = garbage + huge_line + many + req(recipient="reject@x")
+            out = await exchange(path, payload, 4, 8192)
+            assert out[:3] == [b"action=DUNNO\n\n"] * 3
+            assert out[3] == b"action=550 5.7.1 no thanks\n\n"
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "malformed policy request")
+def test_malformed_request_gets_tempfail_when_configured(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK], on_error=OnError.TEMPFAIL) as server:
+            out = await exchange(server.settings.policyd.socket.path, b"nonsense\n\n", 1)
+            assert out == [b"action=451 4.3.0 Temporary local problem, please try again later\n\n"]
+
+    run(go)
+
+
+def test_half_closed_connection_does_not_disturb_others(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK]) as server:
+            path = server.settings.policyd.socket.path
+            _, w = await asyncio.open_unix_connection(path)
+            w.write(b"request=smtpd_access_policy\nsender=half")
+            await w.drain()
+            w.close()
+            assert await exchange(path, req(recipient="reject@x"), 1) == [
+                b"action=550 5.7.1 no thanks\n\n"
+            ]
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "check failed")
+def test_a_bug_in_a_check_gets_the_fallback_not_a_dead_server(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK]) as server:
+            path = server.settings.policyd.socket.path
+            out = await exchange(path, req(recipient="boom@x") + req(recipient="reject@x"), 2)
+            assert out == [b"action=DUNNO\n\n", b"action=550 5.7.1 no thanks\n\n"]
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "request took longer")
+def test_a_slow_check_is_cut_off_by_request_timeout(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK], request_timeout=0.2) as server:
+            out = await exchange(server.settings.policyd.socket.path, req(recipient="slow@x"), 1)
+            assert out == [b"action=DUNNO\n\n"]
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "redis unavailable")
+def test_redis_down_gives_fallback_and_service_recovers_without_restart(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    private = EmbeddedRedis(tmp_path / "own", persist=False)
+    private.start()
+
+    async def go() -> None:
+        from postwarden.config.schema import RedisSettings
+        from postwarden.store.client import open_async_store
+
+        store = open_async_store(RedisSettings(prefix="t:", timeout=0.3), private.socket)
+        check = BuiltCheck("redis", counts_in_redis)
+        async with running(tmp_path, [check, CHECK], store, on_error=OnError.TEMPFAIL) as server:
+            path = server.settings.policyd.socket.path
+            assert await exchange(path, req(recipient="reject@x"), 1) == [
+                b"action=550 5.7.1 no thanks\n\n"
+            ]
+            private.stop()
+            out = await exchange(path, req(recipient="reject@x"), 1)
+            assert out == [b"action=451 4.3.0 Temporary local problem, please try again later\n\n"]
+            private.start()
+            out = await exchange(path, req(recipient="reject@x"), 1)
+            assert out == [b"action=550 5.7.1 no thanks\n\n"]
+        await store.close()
+
+    try:
+        run(go)
+    finally:
+        private.stop()
+
+
+def test_reload_swaps_checks_without_dropping_the_connection(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    async def go() -> None:
+        store = make_async_store(redis_server)
+        async with running(tmp_path, [], store) as server:
+            path = server.settings.policyd.socket.path
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(req(recipient="reject@x"))
+            assert await reader.readuntil(b"\n\n") == b"action=DUNNO\n\n"
+            server.reload(server.settings, [CHECK])
+            writer.write(req(recipient="reject@x"))
+            assert await reader.readuntil(b"\n\n") == b"action=550 5.7.1 no thanks\n\n"
+            writer.close()
+        await store.close()
+
+    run(go)
