@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.policyload import rcpt_request, run_load, start_policyd, stop  # noqa: E402
+from bench.policyload import rcpt_request, run_load, start_policyd, stop
 
 CONFIG = """\
 state_dir: {state}

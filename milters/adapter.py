@@ -28,14 +28,14 @@ from typing import Any, ClassVar
 
 import Milter
 
+from milters.engine import Engine, Needs, builders
+from milters.message import Action, Envelope, Header, HeaderEdit, HeaderOp, Message, Verdict
 from postwarden import logs, metrics, sdnotify
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import MilterSettings, Mode, OnError
 from postwarden.errors import ResolverUnavailable, StoreUnavailable
 from postwarden.replies import SERVICE_UNAVAILABLE, TEMPFAIL, Reply
-from milters.engine import Engine, Needs, builders
-from milters.message import Action, Envelope, Header, HeaderEdit, HeaderOp, Message, Verdict
 
 log = logging.getLogger("postwarden.milter")
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from milters.message import Envelope, Message, Verdict
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
-from milters.message import Envelope, Message, Verdict
 
 
 @dataclass(frozen=True, slots=True)

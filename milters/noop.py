@@ -7,10 +7,10 @@ but the queue ID, so it asks Postfix for no headers and no body.
 
 from __future__ import annotations
 
-from postwarden.config.errors import ConfigProblem
-from postwarden.config.schema import Settings
 from milters.engine import Needs
 from milters.message import Envelope, HeaderEdit, HeaderOp, Message, Verdict
+from postwarden.config.errors import ConfigProblem
+from postwarden.config.schema import Settings
 
 HEADER = "X-Postwarden-Noop"
 

@@ -15,11 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from policyd.decision import DUNNO, Decision, Verb
+from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import Clock
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
-from policyd.decision import DUNNO, Decision, Verb
-from policyd.protocol import PolicyRequest, ProtocolState
 
 log = logging.getLogger("postwarden.policyd")
 
@@ -105,16 +105,25 @@ async def evaluate(checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckC
             continue
         if not decision.check:
             decision = Decision(
-                decision.verb, decision.reply, decision.header, decision.text,
-                decision.reason, check.name, decision.extra_log,
-            )  # fmt: skip
+                decision.verb,
+                decision.reply,
+                decision.header,
+                decision.text,
+                decision.reason,
+                check.name,
+                decision.extra_log,
+            )
         if check.mode is Mode.WARN and decision.verb.decisive:
             would = decision.action_line()
             trail.append((check.name, f"warn:{decision.verb.value}"))
             header = f"{ctx.settings.policyd.warn_header}: {check.name} would {would}"
             if prepend is None:
-                prepend = Decision(Verb.PREPEND, header=header, check=check.name,
-                                   reason=f"warn mode: {decision.reason}")  # fmt: skip
+                prepend = Decision(
+                    Verb.PREPEND,
+                    header=header,
+                    check=check.name,
+                    reason=f"warn mode: {decision.reason}",
+                )
             continue
         trail.append((check.name, decision.verb.value))
         if decision.verb.decisive:

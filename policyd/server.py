@@ -23,13 +23,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from policyd.decision import DUNNO, Decision, Verb
+from policyd.pipeline import BuiltCheck, CheckContext, evaluate
+from policyd.protocol import ParseError, PolicyRequest, RequestParser, format_action
 from postwarden import logs, metrics
 from postwarden.config.schema import OnError, Settings
 from postwarden.errors import ResolverUnavailable, StoreUnavailable
 from postwarden.replies import SERVICE_UNAVAILABLE
-from policyd.decision import DUNNO, Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, evaluate
-from policyd.protocol import ParseError, PolicyRequest, RequestParser, format_action
 
 log = logging.getLogger("postwarden.policyd")
 
@@ -87,8 +87,12 @@ class PolicyServer:
                 # Replies are small; don't let Nagle hold them back.
                 with contextlib.suppress(OSError):
                     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        log.info("policyd listening on %s (%d checks: %s)", sock, len(self._gen.checks),
-                 ",".join(c.name for c in self._gen.checks) or "none")  # fmt: skip
+        log.info(
+            "policyd listening on %s (%d checks: %s)",
+            sock,
+            len(self._gen.checks),
+            ",".join(c.name for c in self._gen.checks) or "none",
+        )
 
     async def stop(self, deadline: float = 10.0) -> None:
         """Stop accepting; let requests in flight finish, then close connections."""
@@ -112,8 +116,11 @@ class PolicyServer:
             log.warning("policyd.socket changed; restart the service to move the socket")
         self._gen = _Generation(settings, checks)
         self.ctx.settings = settings
-        log.info("policyd reloaded (%d checks: %s)", len(checks),
-                 ",".join(c.name for c in checks) or "none")  # fmt: skip
+        log.info(
+            "policyd reloaded (%d checks: %s)",
+            len(checks),
+            ",".join(c.name for c in checks) or "none",
+        )
 
     # -- connections -------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

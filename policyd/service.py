@@ -11,6 +11,8 @@ import asyncio
 import logging
 import signal
 
+from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline
+from policyd.server import PolicyServer
 from postwarden import sdnotify
 from postwarden.clock import SystemClock
 from postwarden.config import ConfigError, Settings, load_config
@@ -18,8 +20,6 @@ from postwarden.config.errors import ConfigProblem
 from postwarden.resolver import make_async_resolver
 from postwarden.store import embedded
 from postwarden.store.client import open_async_store
-from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline
-from policyd.server import PolicyServer
 
 log = logging.getLogger("postwarden.policyd")
 

@@ -131,5 +131,7 @@ class RateLimitedLog:
             return
         skipped = self._suppressed.pop(key, 0)
         self._last[key] = now
-        suffix = f" ({skipped} more since last report)" if skipped else ""
-        self.logger.warning(msg + suffix, *args)
+        if skipped:
+            self.logger.warning("%s (%d more since last report)", msg % args, skipped)
+        else:
+            self.logger.warning(msg, *args)

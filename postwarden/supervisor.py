@@ -142,8 +142,9 @@ class Supervisor:
             child.process = None
             child.deaths += 1
             child.restart_at = now + child.backoff
-            log.warning("%s exited with status %s; restarting in %.0fs", child.name, code,
-                        child.backoff)  # fmt: skip
+            log.warning(
+                "%s exited with status %s; restarting in %.0fs", child.name, code, child.backoff
+            )
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
 
     def reload(self) -> None:

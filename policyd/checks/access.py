@@ -14,13 +14,13 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from policyd.decision import Decision, Verb
+from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
+from policyd.protocol import PolicyRequest
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.access import AccessRule
 from postwarden.replies import Reply
-from policyd.decision import Decision, Verb
-from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
-from policyd.protocol import PolicyRequest
 
 NAME = "access"
 
@@ -36,8 +36,10 @@ def parse_action(text: str) -> Decision:
         enhanced, _, msg = rest.partition(" ")
         if not (enhanced[:1] == word[0] and enhanced.count(".") == 2):
             enhanced, msg = f"{word[0]}.7.1", rest
-        return Decision(Verb.REJECT if word[0] == "5" else Verb.DEFER,
-                        reply=Reply(int(word), enhanced, msg or "Access denied"))  # fmt: skip
+        return Decision(
+            Verb.REJECT if word[0] == "5" else Verb.DEFER,
+            reply=Reply(int(word), enhanced, msg or "Access denied"),
+        )
     try:
         verb = Verb(word.upper())
     except ValueError:

@@ -21,8 +21,12 @@ def postfix_socket(sock: SocketAddress, chroot: bool) -> str:
 
 @click.command("postfix-config")
 @config_option
-@click.option("--chroot/--no-chroot", default=True, show_default=True,
-              help="smtpd runs chrooted (Debian's default master.cf)")  # fmt: skip
+@click.option(
+    "--chroot/--no-chroot",
+    default=True,
+    show_default=True,
+    help="smtpd runs chrooted (Debian's default master.cf)",
+)
 def postfix_config(config_file: str | None, chroot: bool) -> None:
     """Print main.cf lines for smtpd_milters and check_policy_service."""
     _, settings = load_or_exit(config_file)
@@ -48,8 +52,8 @@ def postfix_config(config_file: str | None, chroot: bool) -> None:
         click.echo("    permit_mynetworks,")
         click.echo("    permit_sasl_authenticated,")
         click.echo("    reject_unauth_destination,")
-        click.echo(f"    check_policy_service {{ {target}, default_action="
-                   f"{'DEFER_IF_PERMIT' if p.on_error is OnError.TEMPFAIL else 'DUNNO'} }}")  # fmt: skip
+        default = "DEFER_IF_PERMIT" if p.on_error is OnError.TEMPFAIL else "DUNNO"
+        click.echo(f"    check_policy_service {{ {target}, default_action={default} }}")
         if p.ratelimit.enabled:
             click.echo(f"smtpd_end_of_data_restrictions = check_policy_service {target}")
         click.echo("# Postfix's own default when the policy service is down is 451 4.3.5;")

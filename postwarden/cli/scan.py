@@ -16,12 +16,12 @@ from typing import Any
 
 import click
 
+from milters.engine import ORDER, Engine, builders
+from milters.message import Action, Envelope, Message, Verdict
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
 from postwarden.config import ConfigError
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
-from milters.engine import ORDER, Engine, builders
-from milters.message import Action, Envelope, Message, Verdict
 
 
 @dataclass
@@ -111,8 +111,13 @@ def combine(verdicts: Sequence[Verdict]) -> Action:
     return action
 
 
-def scan_message(name: str, raw: bytes, env: Envelope, engines: Sequence[Engine],
-                 max_body_size: int | None = None) -> ScanResult:  # fmt: skip
+def scan_message(
+    name: str,
+    raw: bytes,
+    env: Envelope,
+    engines: Sequence[Engine],
+    max_body_size: int | None = None,
+) -> ScanResult:
     msg = Message.from_bytes(raw, max_body_size)
     if not env.queue_id:
         env = Envelope(**{**_fields(env), "queue_id": "SCAN"})
@@ -168,8 +173,16 @@ def _print_text(result: ScanResult) -> None:
 @click.option("--helo", default="", help="HELO/EHLO name")
 @click.option("--authenticated", "auth_user", default="", metavar="USER", help="SASL login")
 @click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True))
-def scan(config_file: str | None, as_json: bool, mail_from: str, rcpts: tuple[str, ...],
-         client_ip: str | None, helo: str, auth_user: str, files: tuple[str, ...]) -> None:  # fmt: skip
+def scan(
+    config_file: str | None,
+    as_json: bool,
+    mail_from: str,
+    rcpts: tuple[str, ...],
+    client_ip: str | None,
+    helo: str,
+    auth_user: str,
+    files: tuple[str, ...],
+) -> None:
     """Run every enabled milter on FILES (or - for stdin) and print the verdicts."""
     _, settings = load_or_exit(config_file)
     try:

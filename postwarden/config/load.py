@@ -122,9 +122,8 @@ class _Walker:
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
             non_none = [a for a in args if a is not type(None)]
-            if _is_null(node):
-                if type(None) in args:
-                    return None
+            if _is_null(node) and type(None) in args:
+                return None
             if len(non_none) == 1:
                 return self.value(non_none[0], node, key, meta)
             if {a.__name__ for a in non_none} == {"IPv4Network", "IPv6Network"}:

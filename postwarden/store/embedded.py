@@ -64,19 +64,30 @@ class EmbeddedRedis:
         log = self.dir / "redis.log"
         args = [
             binary,
-            "--port", "0",
-            "--unixsocket", self.socket,
-            "--unixsocketperm", "700",
-            "--dir", str(self.dir),
-            "--daemonize", "no",
-            "--logfile", str(log),
-            "--appendonly", "no",
-            "--save", "300 1 60 1000" if self.persist else "",
-        ]  # fmt: skip
+            "--port",
+            "0",
+            "--unixsocket",
+            self.socket,
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(log),
+            "--appendonly",
+            "no",
+            "--save",
+            "300 1 60 1000" if self.persist else "",
+        ]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             start_new_session=True,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -44,9 +44,16 @@ RAW = (
 # expects CONTINUE, which @noreply callbacks return); negotiation itself is
 # checked separately with everything offered.
 NR_BITS = (
-    Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
-    | Milter.P_NR_DATA | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY | Milter.P_NR_HDR
-)  # fmt: skip
+    Milter.P_NR_CONN
+    | Milter.P_NR_HELO
+    | Milter.P_NR_MAIL
+    | Milter.P_NR_RCPT
+    | Milter.P_NR_DATA
+    | Milter.P_NR_UNKN
+    | Milter.P_NR_EOH
+    | Milter.P_NR_BODY
+    | Milter.P_NR_HDR
+)
 ALL_PROTOCOL = 0x1FFFFF
 
 
@@ -229,8 +236,15 @@ def test_only_needed_callbacks_are_negotiated(monkeypatch: pytest.MonkeyPatch) -
     assert quiet & Milter.P_NOHDRS and quiet & Milter.P_NOBODY and quiet & Milter.P_NOEOH
     assert not full & Milter.P_NOHDRS and not full & Milter.P_NOBODY
     # ...never waits for a reply before end-of-message...
-    for bit in (Milter.P_NR_CONN, Milter.P_NR_HELO, Milter.P_NR_MAIL, Milter.P_NR_RCPT,
-                Milter.P_NR_HDR, Milter.P_NR_EOH, Milter.P_NR_BODY):  # fmt: skip
+    for bit in (
+        Milter.P_NR_CONN,
+        Milter.P_NR_HELO,
+        Milter.P_NR_MAIL,
+        Milter.P_NR_RCPT,
+        Milter.P_NR_HDR,
+        Milter.P_NR_EOH,
+        Milter.P_NR_BODY,
+    ):
         assert full & bit
     # ...and does not send DATA or unknown commands at all.
     assert full & Milter.P_NODATA and full & Milter.P_NOUNKNOWN

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from policyd.decision import Decision, Verb
+from policyd.pipeline import BuiltCheck, CheckContext
+from policyd.protocol import PolicyRequest, encode_request
+from policyd.server import PolicyServer
 from postwarden.clock import ManualClock
 from postwarden.config.schema import OnError, Settings
 from postwarden.config.sections.common import Mode
@@ -17,16 +21,16 @@ from postwarden.config.units import SocketAddress
 from postwarden.replies import Reply
 from postwarden.store.client import AsyncStore
 from postwarden.store.embedded import EmbeddedRedis
-from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
-from policyd.protocol import PolicyRequest, encode_request
-from policyd.server import PolicyServer
 from tests.conftest import make_async_store
 
 
 def req(**attrs: str) -> bytes:
-    base = {"request": "smtpd_access_policy", "protocol_state": "RCPT",
-            "client_address": "192.0.2.1", "sender": "a@example.org"}  # fmt: skip
+    base = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "client_address": "192.0.2.1",
+        "sender": "a@example.org",
+    }
     base.update(attrs)
     return encode_request(base)
 
@@ -97,8 +101,11 @@ def test_pipelined_requests_are_answered_in_order(tmp_path: Path, chunk: int) ->
         async with running(tmp_path, [CHECK]) as server:
             payload = req(recipient="reject@x") + req(recipient="ok@x") + req(recipient="defer@x")
             out = await exchange(server.settings.policyd.socket.path, payload, 3, chunk)
-            assert out == [b"action=550 5.7.1 no thanks\n\n", b"action=DUNNO\n\n",
-                           b"action=450 4.7.1 later\n\n"]  # fmt: skip
+            assert out == [
+                b"action=550 5.7.1 no thanks\n\n",
+                b"action=DUNNO\n\n",
+                b"action=450 4.7.1 later\n\n",
+            ]
 
     run(go)
 

@@ -62,7 +62,7 @@ def test_scan_json_has_the_documented_shape(tmp_path: Path) -> None:
             "--ip",
             "192.0.2.1",
             str(msg),
-        ],  # fmt: skip
+        ],
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
@@ -105,8 +105,11 @@ def test_installed_entry_point_starts() -> None:
     # The shipped console script and `python -m postwarden` both work
     # (spf-engine once needed a distro patch before its script would start).
     out = subprocess.run(
-        [sys.executable, "-m", "postwarden", "--help"], capture_output=True, text=True, cwd=REPO,
+        [sys.executable, "-m", "postwarden", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
         check=True,
-    )  # fmt: skip
+    )
     for command in ("run", "milter", "policyd", "config", "scan", "stat", "postfix-config"):
         assert f"  {command}" in out.stdout
