@@ -27,23 +27,37 @@ def digest(*parts: str) -> str:
 class Keys:
     prefix: str = "pw:"
 
-    # -- greylisting (policyd/checks/greylist.py); TTLs from policyd.greylist
+    # -- greylisting (policyd/checks/greylist.py); TTLs from policyd.greylist:
+    # pending triplet until first seen + retry_window, passed triplet and
+    # auto-whitelisted client max_age from last use. The client network is
+    # the hash tag: greylist_check.lua touches a triplet and its client.
     def greylist_triplet(self, network: str, sender: str, recipient: str) -> str:
-        return f"{self.prefix}grey:v1:t:{digest(network, sender, recipient)}"
+        return f"{self.prefix}grey:v1:{{{network}}}:t:{digest(network, sender, recipient)}"
 
     def greylist_client(self, network: str) -> str:
-        return f"{self.prefix}grey:v1:awl:{network}"
+        return f"{self.prefix}grey:v1:{{{network}}}:c"
+
+    def greylist_pattern(self, network: str = "*", kind: str = "*") -> str:
+        """SCAN pattern: kind "t" triplets, "c" clients (no glob chars in networks)."""
+        net = network if network == "*" else f"{{{network}}}"
+        return f"{self.prefix}grey:v1:{net}:{kind}" + (":*" if kind == "t" else "")
 
     # -- rate limits (policyd/checks/ratelimit.py); TTL 2 x window
     def ratelimit(self, subject: str, rule: str, window: str) -> str:
         return f"{self.prefix}rl:{{{digest(subject)}}}:{rule}:{window}"
 
+    def ratelimit_sum(self, subject: str, rule: str, window: str) -> str:
+        """Running total of a weighted (bytes) log; same tag and TTL as the log."""
+        return f"{self.ratelimit(subject, rule, window)}:sum"
+
     def known_recipients(self, sender: str) -> str:
         return f"{self.prefix}rl:{{{digest(sender)}}}:known"
 
-    # -- SPF result cache (policyd/checks/spf.py); short TTL from policyd.spf
-    def spf_result(self, client_ip: str, domain: str, helo: str) -> str:
-        return f"{self.prefix}spf:v1:{digest(client_ip, domain, helo)}"
+    # -- SPF result cache (policyd/checks/spf.py); TTL policyd.spf.cache_ttl.
+    # `identity` is "mailfrom" or "helo": the same (ip, domain, helo) can
+    # give different answers for the two (RFC 7208 section 2.3/2.4).
+    def spf_result(self, identity: str, client_ip: str, domain: str, helo: str) -> str:
+        return f"{self.prefix}spf:v1:{identity}:{digest(client_ip, domain, helo)}"
 
     # -- counters for `postwarden stat`; STAT_TTL
     def stat(self, name: str) -> str:
