@@ -30,14 +30,21 @@ import Milter
 
 from milters.engine import Engine, Needs, builders
 from milters.message import Action, Envelope, Header, HeaderEdit, HeaderOp, Message, Verdict
-from postwarden import logs, metrics, sdnotify
+from postwarden import logs, metrics, replies, sdnotify
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import MilterSettings, Mode, OnError
 from postwarden.errors import ResolverUnavailable, StoreUnavailable
-from postwarden.replies import SERVICE_UNAVAILABLE, TEMPFAIL, Reply
+from postwarden.replies import SERVICE_UNAVAILABLE, Reply
 
 log = logging.getLogger("postwarden.milter")
+
+# libmilter's return codes, typed (pymilter exports them untyped).
+CONTINUE: int = Milter.CONTINUE
+ACCEPT: int = Milter.ACCEPT
+REJECT: int = Milter.REJECT
+TEMPFAIL: int = Milter.TEMPFAIL
+DISCARD: int = Milter.DISCARD
 
 # Macros read at each stage (Postfix MILTER_README "Macros"); `i` is the
 # queue ID, known from MAIL FROM on.
@@ -126,14 +133,14 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
 
         with self._context():
             self._guard(go)
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def hello(self, heloname: str) -> int:
         self._helo = heloname
         with self._context():
             self._guard(lambda: self._read_macros("hello"))
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def envfrom(self, mailfrom: str, *params: str) -> int:
@@ -141,22 +148,22 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
         self._mail_from = mailfrom.strip().removeprefix("<").removesuffix(">")
         with self._context():
             self._guard(lambda: self._read_macros("envfrom"))
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def envrcpt(self, to: str, *params: str) -> int:
         self._rcpts.append(to.strip().removeprefix("<").removesuffix(">"))
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def header(self, name: str, value: str) -> int:
         # Postfix sends folded values with bare LF; keep CRLF like Message.from_bytes.
         self._headers.append(Header(name, value.replace("\r\n", "\n").replace("\n", "\r\n")))
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def eoh(self) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def body(self, chunk: bytes) -> int:
@@ -164,15 +171,15 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
         room = int(self.slot.settings.max_body_size) - len(self._body)
         if room > 0:
             self._body += chunk[:room]
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.nocallback  # type: ignore[untyped-decorator]
     def data(self) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
     @Milter.nocallback  # type: ignore[untyped-decorator]
     def unknown(self, cmd: str) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
     def eom(self) -> int:
         self._read_macros("eom")
@@ -203,10 +210,10 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
 
     def abort(self) -> int:
         self._reset_message()
-        return Milter.CONTINUE
+        return CONTINUE
 
     def close(self) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
     # -- EOM ---------------------------------------------------------------
     def _envelope(self) -> Envelope:
@@ -226,11 +233,13 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
     def _apply(self, verdict: Verdict) -> int:
         action = verdict.action
         if action in (Action.REJECT, Action.TEMPFAIL, Action.GREYLIST):
-            default = TEMPFAIL if action is not Action.REJECT else Reply(550, "5.7.1", "Rejected")
+            default = (
+                replies.TEMPFAIL if action is not Action.REJECT else Reply(550, "5.7.1", "Rejected")
+            )
             self._reply(verdict.reply or default)
-            return Milter.REJECT if action is Action.REJECT else Milter.TEMPFAIL
+            return REJECT if action is Action.REJECT else TEMPFAIL
         if action is Action.DISCARD:
-            return Milter.DISCARD
+            return DISCARD
         for edit in verdict.header_edits:
             self._edit(edit)
         if verdict.new_body is not None:
@@ -241,7 +250,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
             self.addrcpt(f"<{rcpt}>")
         if action is Action.QUARANTINE:
             self.quarantine(verdict.reason or "held by postwarden")
-        return Milter.ACCEPT
+        return ACCEPT
 
     def _edit(self, edit: HeaderEdit) -> None:
         # libmilter wants LF-folded values; our model keeps CRLF.
@@ -284,8 +293,8 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
                 self._reply(SERVICE_UNAVAILABLE)
             except Exception:
                 pass
-            return Milter.TEMPFAIL
-        return Milter.ACCEPT
+            return TEMPFAIL
+        return ACCEPT
 
 
 def warn_only(name: str, verdict: Verdict) -> Verdict:
@@ -332,17 +341,17 @@ def adapter_class(needs: Needs) -> type[MilterAdapter]:
     if not needs.headers:
 
         def header(self: MilterAdapter, name: str, value: str) -> int:
-            return int(Milter.CONTINUE)
+            return CONTINUE
 
         def eoh(self: MilterAdapter) -> int:
-            return int(Milter.CONTINUE)
+            return CONTINUE
 
         attrs["header"] = Milter.nocallback(header)
         attrs["eoh"] = Milter.nocallback(eoh)
     if not needs.body:
 
         def body(self: MilterAdapter, chunk: bytes) -> int:
-            return int(Milter.CONTINUE)
+            return CONTINUE
 
         attrs["body"] = Milter.nocallback(body)
     return type("ScopedMilterAdapter", (MilterAdapter,), attrs)

@@ -13,7 +13,7 @@ import dns.resolver
 from postwarden.config.schema import DnsSettings
 
 
-def _configure(resolver: dns.resolver.Resolver, settings: DnsSettings) -> None:
+def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> None:
     servers = settings.parsed_nameservers()
     if servers:
         resolver.nameservers = [host for host, _ in servers]
