@@ -49,6 +49,8 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")
 SPF_TEMPERROR = Reply(451, "4.4.3", "SPF temporary error, please try again later")
 SPF_PERMERROR = Reply(550, "5.7.24", "SPF validation error")
+SPF_FAIL_DEFER = Reply(450, "4.7.23", "SPF validation failed, please try again later")
+SPF_PERMERROR_DEFER = Reply(451, "4.7.24", "SPF validation error, please try again later")
 # Greylisting: 4.7.1 "delivery not authorized" temporary, as postgrey answers.
 GREYLISTED = Reply(450, "4.7.1", "Greylisted, please try again later")
 # Rate limits.
