@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -36,6 +37,9 @@ from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import MilterSettings, Mode, OnError
 from postwarden.errors import ResolverUnavailable, StoreUnavailable
 from postwarden.replies import SERVICE_UNAVAILABLE, Reply
+from postwarden.stats import FLUSH_INTERVAL, StatBuffer
+from postwarden.store import embedded
+from postwarden.store.client import Store, open_store
 
 log = logging.getLogger("postwarden.milter")
 
@@ -66,6 +70,7 @@ class EngineSlot:
         self.engine = engine
         self.settings = settings
         self.errors = logs.RateLimitedLog(log, interval=60.0)
+        self.stats = StatBuffer()
 
     def swap(self, engine: Engine, settings: MilterSettings) -> None:
         self.engine, self.settings = engine, settings
@@ -201,6 +206,8 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
                         verdict = warn_only(slot.name, verdict)
                     rc = self._apply(verdict)
                     metrics.MILTER_MESSAGES.labels(slot.name, verdict.action.value).inc()
+                    slot.stats.add(f"milter.{slot.name}.scanned")
+                    slot.stats.add(f"milter.{slot.name}.{verdict.action.value}")
                     _log_decision(slot.name, env, msg, verdict)
                     return rc
             except Exception as exc:
@@ -278,6 +285,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
             else "bug"
         )
         metrics.MILTER_ERRORS.labels(slot.name, kind).inc()
+        slot.stats.add(f"milter.{slot.name}.error.{kind}")
         log.debug("milter %s failed", slot.name, exc_info=exc)
         tempfail = slot.settings.on_error is OnError.TEMPFAIL
         slot.errors.warning(
@@ -437,6 +445,9 @@ def run(name: str, config_path: str, settings: Settings) -> int:
         cls.slot.swap(engine, new.milters.by_name()[name])
         log.info("milter %s reloaded", name)
 
+    store = _stats_store(settings)
+    if settings.metrics.enabled and not os.environ.get(metrics.MULTIPROC_ENV):
+        metrics.serve(settings.metrics.listen)  # alone; under `run` the supervisor serves
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
@@ -449,8 +460,11 @@ def run(name: str, config_path: str, settings: Settings) -> int:
         os.umask(old_umask)
     log.info("milter %s listening on %s", name, sock)
     sdnotify.notify("READY=1")
+    last_flush = time.monotonic()
     while not stop.wait(0.5):
-        pass
+        if store is not None and time.monotonic() - last_flush >= FLUSH_INTERVAL:
+            cls.slot.stats.flush(store.redis, store.keys)
+            last_flush = time.monotonic()
     if failure:
         log.error("milter %s stopped: %s", name, failure[0])
         return 1
@@ -458,7 +472,20 @@ def run(name: str, config_path: str, settings: Settings) -> int:
     sdnotify.notify("STOPPING=1")
     Milter.milter.stop()
     thread.join(30)
+    if store is not None:
+        cls.slot.stats.flush(store.redis, store.keys)
+        store.close()
     return 0
+
+
+def _stats_store(settings: Settings) -> Store | None:
+    """Redis for `postwarden stat` counters, if one is configured or running;
+    a milter that needs no Redis does not start one just to count."""
+    r = settings.redis
+    if r.url is not None or r.sentinel is not None:
+        return open_store(r)
+    path = embedded.socket_path(settings.state_dir)
+    return open_store(r, path) if embedded.answers(path) else None
 
 
 def _wait_for_socket(path: str, stop: threading.Event) -> None:

@@ -20,6 +20,7 @@ from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import Clock
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
+from postwarden.stats import StatBuffer
 
 log = logging.getLogger("postwarden.policyd")
 
@@ -39,6 +40,8 @@ class CheckContext:
     resolver: object = None
     # Per-process scratch space keyed by check name (e.g. per-instance caches).
     state: dict[str, object] = field(default_factory=dict)
+    # Counters for `postwarden stat` (e.g. "greylist.deferred"); flushed in bulk.
+    stats: StatBuffer = field(default_factory=StatBuffer)
 
 
 CheckFn = Callable[[PolicyRequest, CheckContext], Awaitable[Decision | None]]

@@ -208,8 +208,10 @@ class PolicyServer:
             elapsed = time.perf_counter() - started
             metrics.POLICY_LATENCY.observe(elapsed)
             metrics.POLICY_REQUESTS.labels(answer.verb.value).inc()
+            self.ctx.stats.add(f"policyd.{answer.verb.value.lower()}")
             for name, verb in trail:
                 metrics.CHECK_DECISIONS.labels(name, verb).inc()
+                self.ctx.stats.add(f"{name}.{verb.lower()}")
             logs.decision(
                 log,
                 {
@@ -232,6 +234,7 @@ class PolicyServer:
 
     def _failed(self, kind: str, msg: str, arg: object) -> tuple[Decision, str]:
         metrics.POLICY_ERRORS.labels(kind).inc()
+        self.ctx.stats.add(f"policyd.error.{kind}")
         answer = fallback(self.settings.policyd.on_error)
         self._errors.warning(kind, msg + "; answering with on_error fallback", arg)
         return answer, kind

@@ -8,18 +8,21 @@ keeps the old one when the new one is invalid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 
 from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline
 from policyd.server import PolicyServer
-from postwarden import sdnotify
+from postwarden import metrics, sdnotify
 from postwarden.clock import SystemClock
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
 from postwarden.resolver import make_async_resolver
+from postwarden.stats import FLUSH_INTERVAL
 from postwarden.store import embedded
-from postwarden.store.client import open_async_store
+from postwarden.store.client import AsyncStore, open_async_store
 
 log = logging.getLogger("postwarden.policyd")
 
@@ -51,7 +54,10 @@ async def serve(config_path: str, settings: Settings) -> int:
         resolver=make_async_resolver(settings.dns),
     )
     server = PolicyServer(settings, checks, ctx)
+    if settings.metrics.enabled and not os.environ.get(metrics.MULTIPROC_ENV):
+        metrics.serve(settings.metrics.listen)  # alone; under `run` the supervisor serves
     await server.start()
+    flusher = asyncio.create_task(_flush_stats(ctx, store))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -75,10 +81,20 @@ async def serve(config_path: str, settings: Settings) -> int:
         sdnotify.notify("STOPPING=1")
         log.info("policyd stopping")
         await server.stop()
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await ctx.stats.flush_async(store.redis, store.keys)
         await store.close()
         if owned is not None:
             owned.stop()
     return 0
+
+
+async def _flush_stats(ctx: CheckContext, store: AsyncStore) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        await ctx.stats.flush_async(store.redis, store.keys)
 
 
 def run(config_path: str, settings: Settings) -> int:

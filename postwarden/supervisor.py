@@ -141,6 +141,10 @@ class Supervisor:
                 continue
             child.process = None
             child.deaths += 1
+            if os.environ.get(metrics.MULTIPROC_ENV):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
             child.restart_at = now + child.backoff
             log.warning(
                 "%s exited with status %s; restarting in %.0fs", child.name, code, child.backoff
