@@ -78,7 +78,11 @@ class Supervisor:
         return [sys.executable, "-m", "postwarden", *service, "-c", self.config_path]
 
     def start_child(self, child: Child) -> None:
-        child.process = subprocess.Popen(self.command(child.service), stdin=subprocess.DEVNULL)
+        # Only the supervisor speaks to systemd; a child's READY=1 would be premature.
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        child.process = subprocess.Popen(
+            self.command(child.service), stdin=subprocess.DEVNULL, env=env
+        )
         child.started = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
