@@ -1,11 +1,456 @@
-"""Placeholder until the greylist check lands: disabled, answers nothing."""
+"""Greylisting, postgrey-compatible, with its state shared through Redis.
+
+A legitimate MTA retries a temporarily refused message; many spam engines do
+not (NethServer's email module explains the trade). The first time a
+(client network, sender, recipient) triplet is seen the recipient is refused
+with 450 4.7.1; a retry after `delay` and within `retry_window` passes, and
+the triplet is remembered for `max_age` from its last use. A client network
+whose triplets passed `auto_whitelist_clients` times skips greylisting.
+These are postgrey(8)'s rules and defaults; its whitelist files
+(`whitelist_clients`, `whitelist_recipients`) load unchanged.
+
+Order of tests, first match wins (postgrey's order, plus the skips the
+issue asks for):
+1. missing client_address or recipient -> no opinion (logged);
+2. SASL-authenticated client or `trusted_networks` -> no opinion;
+3. client whitelist (reverse name, regex, address/CIDR), then recipient
+   whitelist -> no opinion;
+4. SPF passed for a sender domain in `spf_pass_domains` -> no opinion;
+5. one Lua call (`greylist_check.lua`): auto-whitelist, then the triplet.
+
+SPF (decision): this check does not evaluate SPF itself. The SPF check runs
+earlier in the same pipeline (`policyd.order`) and leaves its MAIL FROM
+result for the message in the per-process note `ctx.state[SPF_NOTE]`: a
+mapping from `spf_note_key(req)` (Postfix `instance`, client address and
+lowercased sender) to the result word ("pass", "fail", ...). No note means
+no skip; `build()` warns when `spf_pass_domains` is set but the SPF check is
+disabled or ordered after greylisting, since the option would do nothing.
+Evaluating SPF twice would double the DNS work per message for no gain.
+
+Sender normalisation keeps list mail and bounces from re-greylisting on
+every message: lowercase; strip `+extension`; SRS0/SRS1 forwarder addresses
+become the original sender; BATV `prvs=tag=user` becomes `user`; stand-alone
+numbers in the local part become `#` (postgrey's VERP handling).
+"""
 
 from __future__ import annotations
 
+import email.utils
+import ipaddress
+import logging
+import math
+import re
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TypeVar, cast
+
+from policyd.decision import Decision, Verb
+from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
+from policyd.protocol import IPAddress, PolicyRequest
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
-from policyd.pipeline import BuiltCheck
+from postwarden.config.sections.greylist import (
+    ClientPattern,
+    DeferAction,
+    GreylistSettings,
+    RecipientPattern,
+    client_pattern,
+    recipient_pattern,
+    strip_comment,
+)
+from postwarden.config.units import Network
+from postwarden.replies import GREYLISTED
+from postwarden.store.client import AsyncStore
+
+NAME = "greylist"
+SCRIPT = "greylist_check"
+DEFAULT_WHITELIST = "greylist_whitelist_clients"
+# Per-process note the SPF check fills (see module docstring).
+SPF_NOTE = "spf.mfrom_results"
+# Instances that already got the delay header (one header per message, not
+# per recipient, as postgrey); bounded so it never grows.
+_HEADER_NOTE = "greylist.header_instances"
+_HEADER_MEMORY = 1024
+
+log = logging.getLogger("postwarden.policyd.greylist")
+
+
+def spf_note_key(req: PolicyRequest) -> str:
+    """The key under which the SPF check files its MAIL FROM result for `req`."""
+    return f"{req.instance}/{req.client_address_raw}/{req.sender.lower()}"
+
+
+# -- normalisation -------------------------------------------------------------
+
+_BATV_TAG = re.compile(r"^[0-9]{4}[0-9a-f]{6}$", re.IGNORECASE)
+_NUMBER = re.compile(r"\b\d+\b")
+
+
+@dataclass(frozen=True, slots=True)
+class Normaliser:
+    """Addresses as they go into the triplet (postgrey's sender substitutions)."""
+
+    lowercase: bool = True
+    delimiters: str = "+"
+    strip_extension: bool = True
+    strip_srs: bool = True
+    strip_batv: bool = True
+    mask_numbers: bool = True
+
+    @classmethod
+    def from_settings(cls, g: GreylistSettings) -> Normaliser:
+        return cls(g.lowercase_addresses, g.recipient_delimiter, g.strip_extension,
+                   g.strip_srs, g.strip_batv, g.mask_sender_numbers)  # fmt: skip
+
+    def sender(self, address: str) -> str:
+        return self._normalise(address, self.mask_numbers)
+
+    def recipient(self, address: str) -> str:
+        return self._normalise(address, False)
+
+    def _normalise(self, address: str, mask_numbers: bool) -> str:
+        addr = address.lower() if self.lowercase else address
+        local, at, domain = addr.rpartition("@")
+        if not at:
+            return addr
+        if self.strip_srs:
+            local, domain = _unsrs(local, domain)
+        if self.strip_batv:
+            local = _unbatv(local)
+        if self.strip_extension and self.delimiters and local:
+            # Postfix splits at the first delimiter character (recipient_delimiter).
+            cut = min((i for i in (local.find(d) for d in self.delimiters) if i > 0), default=-1)
+            if cut > 0:
+                local = local[:cut]
+        if mask_numbers:
+            local = _NUMBER.sub("#", local)
+        return f"{local}@{domain}"
+
+
+def _unsrs(local: str, domain: str) -> tuple[str, str]:
+    """SRS0=HHH=TT=orig.domain=user@fwd and SRS1=HHH=fwd1==HHH=TT=orig.domain=user@fwd
+    (the Sender Rewriting Scheme) -> (user, orig.domain); else unchanged."""
+    low = local.lower()
+    if low.startswith(("srs0=", "srs0+", "srs0-")):
+        rest = local[5:]
+    elif low.startswith(("srs1=", "srs1+", "srs1-")):
+        # The original SRS0 part follows the first "==".
+        _, sep, rest = local.partition("==")
+        if not sep:
+            return local, domain
+    else:
+        return local, domain
+    parts = rest.split("=", 3)
+    if len(parts) != 4 or not parts[2] or not parts[3]:
+        return local, domain
+    return parts[3], parts[2]
+
+
+def _unbatv(local: str) -> str:
+    """BATV prvs=KDDDSSSSSS=user (draft-levine-smtp-batv), also seen reversed."""
+    if not local.lower().startswith("prvs="):
+        return local
+    parts = local.split("=")
+    if len(parts) != 3:
+        return local
+    if _BATV_TAG.match(parts[2]) and not _BATV_TAG.match(parts[1]):
+        return parts[1]
+    return parts[2]
+
+
+def client_network(ip: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
+    """The triplet's client part: the address's /24 (IPv4) or /64 (IPv6) by default."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+# -- whitelists ----------------------------------------------------------------
+
+
+class ClientWhitelist:
+    """Client entries compiled for lookups that do not grow with the list."""
+
+    def __init__(self, patterns: Iterable[ClientPattern]) -> None:
+        self.names: set[str] = set()
+        self.regexes: list[re.Pattern[str]] = []
+        # prefix length -> networks of that length: one set lookup per length.
+        self.networks: dict[tuple[int, int], set[Network]] = {}
+        for p in patterns:
+            if p.kind == "name":
+                self.names.add(p.value)
+            elif p.kind == "regex" and p.regex is not None:
+                self.regexes.append(p.regex)
+            elif p.network is not None:
+                key = (p.network.version, p.network.prefixlen)
+                self.networks.setdefault(key, set()).add(p.network)
+
+    def __len__(self) -> int:
+        return len(self.names) + len(self.regexes) + sum(map(len, self.networks.values()))
+
+    def match(self, ip: IPAddress, client_name: str) -> str | None:
+        """Why this client is whitelisted, or None."""
+        for (version, prefix), nets in self.networks.items():
+            if ip.version == version:
+                net = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+                if net in nets:
+                    return f"client {net}"
+        # Postfix sends client_name=unknown when the reverse name did not verify.
+        name = client_name.lower().rstrip(".")
+        if not name or name == "unknown":
+            return None
+        labels = name.split(".")
+        for i in range(len(labels)):
+            if ".".join(labels[i:]) in self.names:
+                return f"client name {'.'.join(labels[i:])}"
+        for rx in self.regexes:
+            if rx.search(name):
+                return f"client name /{rx.pattern}/"
+        return None
+
+
+class RecipientWhitelist:
+    def __init__(self, patterns: Iterable[RecipientPattern], delimiters: str) -> None:
+        self.delimiters = delimiters
+        self.addresses: set[str] = set()
+        self.localparts: set[str] = set()
+        self.domains: set[str] = set()
+        self.regexes: list[re.Pattern[str]] = []
+        for p in patterns:
+            if p.kind == "address":
+                self.addresses.add(p.value)
+            elif p.kind == "localpart":
+                self.localparts.add(p.value)
+            elif p.kind == "domain":
+                self.domains.add(p.value)
+            elif p.regex is not None:
+                self.regexes.append(p.regex)
+
+    def __len__(self) -> int:
+        return len(self.addresses) + len(self.localparts) + len(self.domains) + len(self.regexes)
+
+    def match(self, recipient: str) -> str | None:
+        rcpt = recipient.lower()
+        local, _, domain = rcpt.rpartition("@")
+        # user@domain and user@ also match user+extension (as postgrey).
+        base = local
+        for d in self.delimiters:
+            i = base.find(d)
+            if i > 0:
+                base = base[:i]
+        if f"{base}@{domain}" in self.addresses or f"{local}@{domain}" in self.addresses:
+            return f"recipient {base}@{domain}"
+        if base in self.localparts or local in self.localparts:
+            return f"recipient {base}@"
+        labels = domain.split(".")
+        for i in range(len(labels)):
+            if ".".join(labels[i:]) in self.domains:
+                return f"recipient domain {'.'.join(labels[i:])}"
+        for rx in self.regexes:
+            if rx.search(rcpt):
+                return f"recipient /{rx.pattern}/"
+        return None
+
+
+P = TypeVar("P")
+
+
+def read_list(
+    text: str,
+    filename: str,
+    key: str,
+    parse: Callable[[str], P],
+    problems: list[ConfigProblem],
+) -> list[P]:
+    """Parse a postgrey whitelist file; a bad line is a warning, the rest loads."""
+    out: list[P] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        entry = strip_comment(raw)
+        if not entry:
+            continue
+        try:
+            out.append(parse(entry))
+        except ValueError as exc:
+            problems.append(ConfigProblem(filename, lineno, key, f"{exc}; line skipped", "warning"))
+    return out
+
+
+def _read_file(
+    path: str, key: str, parse: Callable[[str], P], problems: list[ConfigProblem]
+) -> list[P]:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        problems.append(ConfigProblem(path, 0, key, f"cannot read: {exc.strerror}"))
+        return []
+    return read_list(text, path, key, parse, problems)
+
+
+def default_whitelist_text() -> str:
+    """The shipped list of pooled big senders (policyd/data)."""
+    return resources.files("policyd").joinpath("data", DEFAULT_WHITELIST).read_text("utf-8")
+
+
+def load_whitelists(
+    g: GreylistSettings, problems: list[ConfigProblem]
+) -> tuple[ClientWhitelist, RecipientWhitelist]:
+    key = "policyd.greylist"
+    clients: list[ClientPattern] = []
+    if g.use_default_whitelist:
+        clients += read_list(default_whitelist_text(), f"policyd/data/{DEFAULT_WHITELIST}",
+                             f"{key}.use_default_whitelist", client_pattern, problems)  # fmt: skip
+    for path in g.whitelist_clients_files:
+        clients += _read_file(path, f"{key}.whitelist_clients_files", client_pattern, problems)
+    # Inline entries were validated with the config (errors there).
+    clients += [client_pattern(t) for t in g.whitelist_clients]
+    recipients: list[RecipientPattern] = []
+    for path in g.whitelist_recipients_files:
+        recipients += _read_file(
+            path, f"{key}.whitelist_recipients_files", recipient_pattern, problems
+        )
+    recipients += [recipient_pattern(t) for t in g.whitelist_recipients]
+    return ClientWhitelist(clients), RecipientWhitelist(recipients, g.recipient_delimiter)
+
+
+# -- the check -----------------------------------------------------------------
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """postgrey's %-placeholders; unknown ones and %% are left alone."""
+    return re.sub(r"%([a-z])", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def _domain_listed(domain: str, listed: frozenset[str]) -> bool:
+    labels = domain.split(".")
+    return any(".".join(labels[i:]) in listed for i in range(len(labels)))
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    g: GreylistSettings
+    trusted: tuple[Network, ...]
+    clients: ClientWhitelist
+    recipients: RecipientWhitelist
+    normaliser: Normaliser
+    spf_domains: frozenset[str]
+    hostname: str
+
+
+def _skip_reason(c: _Compiled, req: PolicyRequest, ip: IPAddress, ctx: CheckContext) -> str:
+    """Why greylisting does not apply to this request ("" = it applies)."""
+    if req.sasl_username:
+        return "authenticated"
+    if any(ip in net for net in c.trusted):
+        return "trusted network"
+    why = c.clients.match(ip, req.client_name)
+    if why:
+        return f"whitelisted {why}"
+    why = c.recipients.match(req.recipient)
+    if why:
+        return f"whitelisted {why}"
+    if c.spf_domains and _domain_listed(req.sender_domain, c.spf_domains):
+        notes = cast(MutableMapping[str, str], ctx.state.get(SPF_NOTE, {}))
+        if notes.get(spf_note_key(req)) == "pass":
+            return f"SPF pass for {req.sender_domain}"
+    return ""
+
+
+def _first_header_for(ctx: CheckContext, instance: str) -> bool:
+    """True once per message (Postfix instance) per process."""
+    if not instance:
+        return True
+    seen = cast("OrderedDict[str, None]", ctx.state.setdefault(_HEADER_NOTE, OrderedDict()))
+    if instance in seen:
+        return False
+    seen[instance] = None
+    if len(seen) > _HEADER_MEMORY:
+        seen.popitem(last=False)
+    return True
+
+
+async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decision | None:
+    g = c.g
+    ip = req.client_address
+    if ip is None or not req.recipient:
+        missing = "client_address" if ip is None else "recipient"
+        log.info("greylist: no %s in the request (client=%r); not greylisting",
+                 missing, req.client_address_raw)  # fmt: skip
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    skip = _skip_reason(c, req, ip, ctx)
+    if skip:
+        log.debug("greylist: pass (%s)", skip)
+        return None
+    store = cast(AsyncStore, ctx.store)
+    network = client_network(ip, g.ipv4_prefix, g.ipv6_prefix)
+    sender = c.normaliser.sender(req.sender)
+    recipient = c.normaliser.recipient(req.recipient)
+    now = ctx.clock.now()
+    keys = store.keys
+    verdict, first_pass, seconds, count = await store.run(
+        SCRIPT,
+        [keys.greylist_triplet(network, sender, recipient), keys.greylist_client(network)],
+        [f"{now:.3f}", float(g.delay), float(g.retry_window), float(g.max_age),
+         g.auto_whitelist_clients, float(g.auto_whitelist_interval),
+         network, sender, recipient],
+    )  # fmt: skip
+    verdict = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
+    secs = float(seconds)
+    if verdict == "defer":
+        await store.count("greylisted")
+        wait = max(1, math.ceil(secs))
+        text = _fill(g.reply_text, {"s": str(wait), "r": req.recipient_domain})
+        verb = Verb.DEFER if g.action is DeferAction.DEFER else Verb.DEFER_IF_PERMIT
+        return Decision(verb, reply=GREYLISTED.with_text(text),
+                        reason=f"greylisted {network}, retry in {wait}s")  # fmt: skip
+    if verdict == "awl":
+        log.debug("greylist: pass (client %s auto-whitelisted after %s passes)", network, count)
+        return None
+    if int(first_pass) and int(count) == g.auto_whitelist_clients:
+        log.info("greylist: client %s (%s) auto-whitelisted after %d passes",
+                 network, req.client_name or "unknown", int(count))  # fmt: skip
+    if int(first_pass):
+        await store.count("greylist_passed")
+        if g.add_header and _first_header_for(ctx, req.instance):
+            header = _fill(g.header, {
+                "t": str(int(secs)), "h": c.hostname, "v": "postwarden",
+                "d": email.utils.formatdate(now, usegmt=True),
+            })  # fmt: skip
+            return Decision(Verb.PREPEND, header=header,
+                            reason=f"greylist passed after {int(secs)}s")  # fmt: skip
+    return None
+
+
+def compile_settings(settings: Settings, problems: list[ConfigProblem]) -> _Compiled:
+    g = settings.policyd.greylist
+    clients, recipients = load_whitelists(g, problems)
+    spf_domains = frozenset(d.lower().strip(".") for d in g.spf_pass_domains)
+    if spf_domains:
+        order = settings.policyd.order
+        spf_first = "spf" in order and order.index("spf") < order.index(NAME)
+        if not settings.policyd.spf.enabled or not spf_first:
+            problems.append(ConfigProblem(
+                "config", 0, "policyd.greylist.spf_pass_domains",
+                "has no effect: policyd.spf must be enabled and run before greylist",
+                "warning",
+            ))  # fmt: skip
+    return _Compiled(g, settings.trusted_networks, clients, recipients,
+                     Normaliser.from_settings(g), spf_domains, socket.gethostname())  # fmt: skip
 
 
 def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | None:
-    return None
+    g = settings.policyd.greylist
+    if not g.enabled:
+        return None
+    compiled = compile_settings(settings, problems)
+
+    async def run(req: PolicyRequest, ctx: CheckContext) -> Decision | None:
+        return await decide(compiled, req, ctx)
+
+    return BuiltCheck(NAME, run, g.mode, RCPT_STATES)
