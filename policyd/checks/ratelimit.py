@@ -59,6 +59,7 @@ from postwarden.config.sections.ratelimit import (
     LimitAction,
     RateKey,
     RatelimitRule,
+    RatelimitSettings,
     Window,
 )
 from postwarden.config.units import Network
@@ -389,3 +390,107 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return refusal(refused)
 
     return BuiltCheck(NAME, run, cfg.mode, STATES)
+
+
+# ---------------------------------------------------------------- inspecting
+# For `postwarden ratelimit show|reset KEY` (sync Store): read-only views of
+# the same logs, and deleting one subject's counters.
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    rule: str
+    subject: str
+    unit: str
+    limit: int
+    per_ms: int
+    used: int
+    next_free_ms: int  # until the oldest event leaves the window (0: empty)
+    reset_ms: int  # until the window is empty
+
+
+def subjects(
+    settings: RatelimitSettings, text: str
+) -> list[tuple[str, str, tuple[Window, ...], str]]:
+    """(rule, subject, windows, unit) for every rule KEY could name.
+
+    KEY is `TYPE:VALUE` (e.g. `sasl_username:alice`, `client_address:192.0.2.7`)
+    or a bare value matched against every rule whose key type it fits.
+    """
+    typed, sep, rest = text.partition(":")
+    wanted: set[RateKey] | None = None
+    value = text.strip()
+    if sep and typed in {k.value for k in RateKey}:
+        wanted, value = {RateKey(typed)}, rest.strip()
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    net: Network | None = None
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+        ip = net.network_address
+    except ValueError:
+        pass
+    out: list[tuple[str, str, tuple[Window, ...], str]] = []
+    for rule in (CompiledRule(r) for r in settings.rules):
+        key = rule.rule.key
+        if wanted is not None and key not in wanted:
+            continue
+        if key is RateKey.CLIENT_ADDRESS:
+            if ip is None or net is None:
+                continue
+            fake = PolicyRequest(client_address=ip, client_address_raw=str(ip))
+            v = rule.subject_value(fake) if net.num_addresses == 1 else str(net)
+            windows = rule.windows_for(v, fake)
+        else:
+            if ip is not None and wanted is None:
+                continue
+            if key in (RateKey.SENDER, RateKey.RECIPIENT) and "@" not in value:
+                continue
+            if key in (RateKey.SENDER_DOMAIN, RateKey.RECIPIENT_DOMAIN) and "@" in value:
+                continue
+            v = value.lower()
+            windows = rule.windows_for(v, PolicyRequest())
+        out.append((rule.name, f"{key.value}:{v}", windows, rule.rule.count.value))
+    ft = settings.first_time_recipients
+    if ft.enabled and ip is None and (wanted is None or RateKey.SASL_USERNAME in wanted):
+        window = Window(limit=ft.limit, per=ft.per)
+        out.append((FIRST_TIME_NAME, f"sasl_username:{value.lower()}", (window,),
+                    "first-time recipients"))  # fmt: skip
+    return out
+
+
+def inspect(store: Any, settings: RatelimitSettings, text: str, now: float) -> list[WindowState]:
+    """Current use of every window KEY names, without changing anything."""
+    now_ms = _ms(now)
+    rows = []
+    for rule, subject, windows, unit in subjects(settings, text):
+        for w in windows:
+            per_ms = _ms(w.per)
+            key = store.keys.ratelimit(subject, rule, str(per_ms))
+            events = store.redis.zrangebyscore(key, f"({now_ms - per_ms}", "+inf", withscores=True)
+            if unit == Counts.BYTES.value:
+                used = sum(int(m.rpartition(b":")[2]) for m, _ in events)
+            else:
+                used = len(events)
+            next_free = int(events[0][1]) + per_ms - now_ms if events else 0
+            reset = int(events[-1][1]) + per_ms - now_ms if events else 0
+            rows.append(WindowState(rule, subject, unit, w.limit, per_ms, used, next_free, reset))
+    return rows
+
+
+def known_recipients(store: Any, settings: RatelimitSettings, login: str, now: float) -> int:
+    remember_ms = _ms(settings.first_time_recipients.remember)
+    key = store.keys.known_recipients(f"sasl_username:{login.strip().lower()}")
+    return int(store.redis.zcount(key, f"({_ms(now) - remember_ms}", "+inf"))
+
+
+def reset(store: Any, settings: RatelimitSettings, text: str) -> int:
+    """Delete every counter of the subjects KEY names (known recipients stay)."""
+    deleted = 0
+    for subject in sorted({s for _, s, _, _ in subjects(settings, text)}):
+        known = store.keys.known_recipients(subject)
+        pattern = store.keys.ratelimit(subject, "*", "*")
+        for key in list(store.redis.scan_iter(match=pattern, count=1000)):
+            name = key.decode() if isinstance(key, bytes) else key
+            if name != known:
+                deleted += int(store.redis.delete(name))
+    return deleted

@@ -20,6 +20,7 @@ COMMANDS = [
     "postwarden.cli.scan:scan",
     "postwarden.cli.stat:stat",
     "postwarden.cli.postfix_config:postfix_config",
+    "postwarden.cli.ratelimit:ratelimit",
 ]
 
 
