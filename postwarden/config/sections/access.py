@@ -30,8 +30,8 @@ class AccessRule:
         problems = []
         if not _ACTION.match(self.action.strip()):
             problems.append(
-                f"action {self.action!r} is not a Postfix action "
-                "(NNN text, OK, DUNNO, REJECT, DEFER, DEFER_IF_PERMIT, HOLD, DISCARD, PREPEND, WARN)"
+                f"action {self.action!r} is not a Postfix action (NNN text, OK, DUNNO, "
+                "REJECT, DEFER, DEFER_IF_PERMIT, HOLD, DISCARD, PREPEND, WARN)"
             )
         elif self.action.strip().upper().startswith("PREPEND") and ":" not in self.action:
             problems.append("PREPEND needs a header like 'PREPEND X-Name: value'")
