@@ -17,6 +17,7 @@ from policyd.checks import ratelimit as rl
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.clock import SystemClock
 from postwarden.config.schema import Settings
+from postwarden.config.sections.ratelimit import FIRST_TIME_NAME
 from postwarden.errors import StoreUnavailable
 from postwarden.store import embedded
 from postwarden.store.client import Store, open_store, unavailable_on_error
@@ -52,7 +53,7 @@ def show(config_file: str | None, as_json: bool, key: str) -> None:
         with unavailable_on_error():
             rows = rl.inspect(store, cfg, key, now)
             logins = sorted(
-                {r.subject.partition(":")[2] for r in rows if r.rule == rl.FIRST_TIME_NAME}
+                {r.subject.partition(":")[2] for r in rows if r.rule == FIRST_TIME_NAME}
             )
             known = {login: rl.known_recipients(store, cfg, login, now) for login in logins}
     except StoreUnavailable as exc:

@@ -9,7 +9,7 @@ import pytest
 
 from policyd.checks import sender_login
 from policyd.decision import Decision, Verb
-from policyd.pipeline import CheckContext
+from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem
@@ -17,7 +17,7 @@ from postwarden.config.load import load_config, load_config_text
 from postwarden.config.schema import Settings
 
 
-def build(yaml_block: str) -> tuple[object, list[ConfigProblem], Settings]:
+def build(yaml_block: str) -> tuple[BuiltCheck | None, list[ConfigProblem], Settings]:
     settings = load_config_text(f"policyd:\n  sender_login:\n    enabled: true\n{yaml_block}")
     problems: list[ConfigProblem] = []
     check = sender_login.build(settings, problems)
@@ -29,7 +29,7 @@ def ask(yaml_block: str, **attrs: str) -> Decision | None:
     assert check is not None and not problems
     ctx = CheckContext(settings=settings, store=None, clock=ManualClock())
     req = PolicyRequest(protocol_state=ProtocolState.RCPT, **attrs)  # type: ignore[arg-type]
-    return asyncio.run(check.run(req, ctx))  # type: ignore[attr-defined]
+    return asyncio.run(check.run(req, ctx))
 
 
 MAP = """    map:
