@@ -29,7 +29,11 @@ def ask(yaml_block: str, **attrs: str) -> Decision | None:
     assert check is not None and not problems
     ctx = CheckContext(settings=settings, store=None, clock=ManualClock())
     req = PolicyRequest(protocol_state=ProtocolState.RCPT, **attrs)  # type: ignore[arg-type]
-    return asyncio.run(check.run(req, ctx))
+
+    async def go() -> Decision | None:
+        return await check.run(req, ctx)
+
+    return asyncio.run(go())
 
 
 MAP = """    map:
