@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from policyd.decision import Decision, Verb
 from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
@@ -454,3 +454,128 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return await decide(compiled, req, ctx)
 
     return BuiltCheck(NAME, run, g.mode, RCPT_STATES)
+
+
+# -- inspection and overrides (`postwarden greylist`) -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TripletEntry:
+    key: str
+    network: str
+    sender: str
+    recipient: str
+    first: float
+    last: float
+    passed: bool
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEntry:
+    key: str
+    network: str
+    count: int
+    last: float
+    manual: bool
+    ttl_ms: int
+
+
+def network_of(text: str, g: GreylistSettings) -> str:
+    """An address -> its greylisting network; a CIDR -> itself (normalised).
+
+    Raises ValueError for anything else."""
+    if "/" in text:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    return client_network(ipaddress.ip_address(text.strip()), g.ipv4_prefix, g.ipv6_prefix)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _float(value: object) -> float:
+    try:
+        return float(_text(value))
+    except ValueError:
+        return 0.0
+
+
+def _scan(store: Any, pattern: str, limit: int) -> list[str]:
+    keys: list[str] = []
+    for key in store.redis.scan_iter(match=pattern, count=1000):
+        keys.append(_text(key))
+        if len(keys) >= limit:
+            break
+    return sorted(keys)
+
+
+def _network_in_key(key: str) -> str:
+    return key.partition("{")[2].partition("}")[0]
+
+
+def triplets(store: Any, network: str = "*", limit: int = 1000) -> list[TripletEntry]:
+    """Triplet records (sync Store), for one network or all; at most `limit`."""
+    keys = _scan(store, store.keys.greylist_pattern(network, "t"), limit)
+    pipe = store.redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+        pipe.pttl(key)
+    replies = pipe.execute() if keys else []
+    out = []
+    for i, key in enumerate(keys):
+        h = {_text(k): v for k, v in (replies[2 * i] or {}).items()}
+        if not h:
+            continue  # expired between SCAN and HGETALL
+        out.append(TripletEntry(key, _text(h.get("n")) or _network_in_key(key),
+                                _text(h.get("s")), _text(h.get("r")), _float(h.get("first")),
+                                _float(h.get("last")), _text(h.get("passed")) == "1",
+                                int(replies[2 * i + 1])))  # fmt: skip
+    return out
+
+
+def clients(store: Any, network: str = "*", limit: int = 1000) -> list[ClientEntry]:
+    """Auto-whitelist records (sync Store)."""
+    keys = _scan(store, store.keys.greylist_pattern(network, "c"), limit)
+    pipe = store.redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+        pipe.pttl(key)
+    replies = pipe.execute() if keys else []
+    out = []
+    for i, key in enumerate(keys):
+        h = {_text(k): v for k, v in (replies[2 * i] or {}).items()}
+        if not h:
+            continue
+        out.append(ClientEntry(key, _network_in_key(key), int(_float(h.get("count"))),
+                               _float(h.get("last")), _text(h.get("manual")) == "1",
+                               int(replies[2 * i + 1])))  # fmt: skip
+    return out
+
+
+def whitelist_client(store: Any, network: str, now: float, ttl: float) -> str:
+    """Whitelist a client network by hand until `ttl` seconds pass without mail."""
+    key: str = store.keys.greylist_client(network)
+    pipe = store.redis.pipeline(transaction=True)
+    pipe.hset(key, mapping={"manual": 1, "last": f"{now:.3f}", "keep": ttl})
+    pipe.pexpire(key, int(ttl * 1000))
+    pipe.execute()
+    return key
+
+
+def delete_entries(
+    store: Any,
+    g: GreylistSettings,
+    network: str,
+    sender: str | None = None,
+    recipient: str | None = None,
+) -> int:
+    """Delete one triplet (sender and recipient given), or everything known
+    about a client network (its triplets and its whitelist entry)."""
+    if sender is not None and recipient is not None:
+        n = Normaliser.from_settings(g)
+        key = store.keys.greylist_triplet(network, n.sender(sender), n.recipient(recipient))
+        return int(store.redis.delete(key))
+    keys = _scan(store, store.keys.greylist_pattern(network, "t"), 10**9)
+    keys.append(store.keys.greylist_client(network))
+    return sum(int(store.redis.delete(k)) for k in keys)

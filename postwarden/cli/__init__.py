@@ -21,6 +21,7 @@ COMMANDS = [
     "postwarden.cli.stat:stat",
     "postwarden.cli.postfix_config:postfix_config",
     "postwarden.cli.ratelimit:ratelimit",
+    "postwarden.cli.greylist:greylist",
 ]
 
 

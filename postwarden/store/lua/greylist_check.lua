@@ -1,7 +1,8 @@
 -- One greylisting decision in one round trip (policyd/checks/greylist.py).
 --
 -- KEYS[1] triplet hash  {first, last, passed, n, s, r}
--- KEYS[2] client hash   {count, last, manual}   (auto-whitelist, per network)
+-- KEYS[2] client hash   {count, last, manual, keep}   (auto-whitelist, per
+--         network; manual/keep are set by `postwarden greylist whitelist`)
 -- ARGV: now, delay, retry_window, max_age, awl_threshold, awl_interval,
 --       network, sender, recipient   (times in seconds; `now` from the
 --       service's clock, so tests move time without sleeping)
@@ -25,10 +26,12 @@ local awl_interval = tonumber(ARGV[6])
 local max_age_ms = math.floor(max_age * 1000)
 
 -- Auto-whitelisted (or whitelisted by an operator) client network?
-local c = redis.call("HMGET", KEYS[2], "count", "last", "manual")
+local c = redis.call("HMGET", KEYS[2], "count", "last", "manual", "keep")
 local count = tonumber(c[1]) or 0
 local c_last = tonumber(c[2])
-if c_last ~= nil and now - c_last > max_age then
+-- An operator's whitelisting may carry its own lifetime ("keep" seconds).
+local c_keep = tonumber(c[4]) or max_age
+if c_last ~= nil and now - c_last > c_keep then
   -- Unused for max_age: forgotten (the TTL would have done it in real time).
   redis.call("DEL", KEYS[2])
   count, c_last, c[3] = 0, nil, false
@@ -38,7 +41,7 @@ if c[3] == "1" or (awl_threshold > 0 and count >= awl_threshold) then
   -- whitelisted clients, and the entry lives while the client keeps sending.
   if c_last == nil or now >= c_last + awl_interval or c_last > now then
     redis.call("HSET", KEYS[2], "last", now)
-    redis.call("PEXPIRE", KEYS[2], max_age_ms)
+    redis.call("PEXPIRE", KEYS[2], math.floor(c_keep * 1000))
   end
   return {"awl", 0, 0, count}
 end
