@@ -537,15 +537,23 @@ class SpfCheck:
         if remaining <= 0:
             return Evaluation(identity, "temperror", "SPF time budget exhausted", cacheable=False)
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            self.executor,
-            lambda: evaluate(
+
+        def work() -> Evaluation:
+            # The budget counts from the request, so time spent queued for a
+            # thread (all `threads` busy) is spent too.
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Evaluation(
+                    identity, "temperror", "SPF time budget exhausted", cacheable=False
+                )
+            return evaluate(
                 ip, sender, helo, identity, self.lookup,
                 receiver=self.receiver,
                 query_timeout=float(self.spf.query_timeout),
-                budget=remaining,
-            ),
-        )  # fmt: skip
+                budget=left,
+            )  # fmt: skip
+
+        job = loop.run_in_executor(self.executor, work)
         try:
             return await asyncio.wait_for(job, remaining + _GRACE)
         except TimeoutError:
