@@ -498,17 +498,17 @@ class SpfCheck:
                 self._log(req, result="none", action="dunno", reason="null sender and no HELO")
                 return None
             ev, source = await self._evaluation(ctx, HELO, ip, sender, helo, deadline)
-            return self._act(req, ev, ev, ip, sender, helo, source)
+            return self._act(req, ctx, ev, ev, ip, sender, helo, source)
         helo_ev = None
         if self.spf.helo_check is HeloCheck.ALWAYS and helo:
             helo_ev, source = await self._evaluation(ctx, HELO, ip, sender, helo, deadline)
             if self.actions[HELO][helo_ev.result] not in (SpfAction.PREPEND, SpfAction.IGNORE):
-                return self._act(req, helo_ev, helo_ev, ip, sender, helo, source)
+                return self._act(req, ctx, helo_ev, helo_ev, ip, sender, helo, source)
         ev, source = await self._evaluation(ctx, MAILFROM, ip, sender, helo, deadline)
         header_ev = ev
         if helo_ev is not None and ev.result == "none" and helo_ev.result != "none":
             header_ev = helo_ev  # policyd-spf: the HELO result says more than "none"
-        return self._act(req, ev, header_ev, ip, sender, helo, source, helo_ev)
+        return self._act(req, ctx, ev, header_ev, ip, sender, helo, source, helo_ev)
 
     async def _evaluation(
         self, ctx: CheckContext, identity: str, ip: str, sender: str, helo: str, deadline: float
@@ -588,6 +588,7 @@ class SpfCheck:
     def _act(
         self,
         req: PolicyRequest,
+        ctx: CheckContext,
         ev: Evaluation,
         header_ev: Evaluation,
         ip: str,
@@ -626,6 +627,8 @@ class SpfCheck:
             answer = Decision(Verb.PREPEND, header=header, reason=reason)
         else:
             answer = None
+        # One count per message and identity for `postwarden stat` (buffered).
+        ctx.stats.add(f"spf_{ev.result}")
         fields: dict[str, object] = {"identity": ev.identity, "result": ev.result}
         if helo_ev is not None and helo_ev is not ev:
             fields["helo_result"] = helo_ev.result

@@ -689,3 +689,19 @@ def test_budget_not_below_request_timeout_is_a_warning(dns_server: DnsServer) ->
 
 def test_disabled_check_is_not_built() -> None:
     assert build(Settings(), []) is None
+
+
+def test_each_evaluated_message_is_counted_for_stat(dns_server: DnsServer) -> None:
+    settings = settings_for(dns_server)
+    check = SpfCheck(settings)
+    ctx = CheckContext(settings=settings, store=None, clock=ManualClock())
+
+    async def go() -> None:
+        for n in range(3):  # three recipients of one message: one count
+            await check.run(
+                request(sender="a@plainfail.example", instance="st", recipient=f"{n}@x"), ctx
+            )
+        await check.run(request(sender="a@pass.example", instance="st2"), ctx)
+
+    asyncio.run(go())
+    assert ctx.stats.take() == {"spf_fail": 1, "spf_pass": 1}
