@@ -60,6 +60,7 @@ _MACROS = {
 }
 
 WARN_HEADER = "X-Postwarden-Warn"
+STOP_DEADLINE = 25.0
 
 
 class EngineSlot:
@@ -71,6 +72,22 @@ class EngineSlot:
         self.settings = settings
         self.errors = logs.RateLimitedLog(log, interval=60.0)
         self.stats = StatBuffer()
+        # Open SMTP connections, so shutdown can wait for them and no longer.
+        self.active = 0
+        self.active_lock = threading.Lock()
+        self.drained = threading.Event()
+        self.drained.set()
+
+    def opened(self) -> None:
+        with self.active_lock:
+            self.active += 1
+            self.drained.clear()
+
+    def closed(self) -> None:
+        with self.active_lock:
+            self.active = max(0, self.active - 1)
+            if self.active == 0:
+                self.drained.set()
 
     def swap(self, engine: Engine, settings: MilterSettings) -> None:
         self.engine, self.settings = engine, settings
@@ -82,6 +99,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
     slot: ClassVar[EngineSlot]
 
     def __init__(self) -> None:
+        self.slot.opened()
         self._conn = f"m{os.getpid()}.{Milter.uniqueID()}"
         self._macros: dict[str, str] = {}
         self._client_address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -220,6 +238,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
         return CONTINUE
 
     def close(self) -> int:
+        self.slot.closed()
         return CONTINUE
 
     # -- EOM ---------------------------------------------------------------
@@ -470,8 +489,19 @@ def run(name: str, config_path: str, settings: Settings) -> int:
         return 1
     log.info("milter %s stopping", name)
     sdnotify.notify("STOPPING=1")
-    Milter.milter.stop()
-    thread.join(30)
+    # smfi_stop blocks until libmilter's accept poll times out (seconds), so it
+    # runs on the side; removing the socket turns new connections away now.
+    threading.Thread(target=Milter.milter.stop, name="libmilter-stop", daemon=True).start()
+    if sock.kind == "unix":
+        try:
+            os.unlink(sock.path)
+        except FileNotFoundError:
+            pass
+    # Let open sessions finish (bounded), then leave without waiting for
+    # libmilter's own teardown.
+    if not cls.slot.drained.wait(STOP_DEADLINE):
+        log.warning("milter %s: %d connections still open at shutdown", name, cls.slot.active)
+    thread.join(0.2)
     if store is not None:
         cls.slot.stats.flush(store.redis, store.keys)
         store.close()
