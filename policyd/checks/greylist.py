@@ -65,9 +65,13 @@ from postwarden.config.sections.greylist import (
 from postwarden.config.units import Network
 from postwarden.replies import GREYLISTED
 from postwarden.store.client import AsyncStore
+from postwarden.store.keys import STAT_TTL
 
 NAME = "greylist"
 SCRIPT = "greylist_check"
+# `postwarden stat` counter names.
+STAT_DEFERRED = "greylisted"
+STAT_PASSED = "greylist_passed"
 DEFAULT_WHITELIST = "greylist_whitelist_clients"
 # Per-process note the SPF check fills (see module docstring).
 SPF_NOTE = "spf.mfrom_results"
@@ -179,8 +183,10 @@ class ClientWhitelist:
     def __init__(self, patterns: Iterable[ClientPattern]) -> None:
         self.names: set[str] = set()
         self.regexes: list[re.Pattern[str]] = []
-        # prefix length -> networks of that length: one set lookup per length.
-        self.networks: dict[tuple[int, int], set[Network]] = {}
+        # (version, prefix length) -> network addresses as integers: one
+        # mask and one set lookup per distinct length, whatever the list size
+        # (ipaddress objects per lookup cost more than the Redis call).
+        by_len: dict[tuple[int, int], set[int]] = {}
         for p in patterns:
             if p.kind == "name":
                 self.names.add(p.value)
@@ -188,18 +194,22 @@ class ClientWhitelist:
                 self.regexes.append(p.regex)
             elif p.network is not None:
                 key = (p.network.version, p.network.prefixlen)
-                self.networks.setdefault(key, set()).add(p.network)
+                by_len.setdefault(key, set()).add(int(p.network.network_address))
+        self.networks: list[tuple[int, int, int, frozenset[int]]] = []
+        for (version, prefix), nets in sorted(by_len.items()):
+            bits = 32 if version == 4 else 128
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+            self.networks.append((version, prefix, mask, frozenset(nets)))
 
     def __len__(self) -> int:
-        return len(self.names) + len(self.regexes) + sum(map(len, self.networks.values()))
+        return len(self.names) + len(self.regexes) + sum(len(n[3]) for n in self.networks)
 
     def match(self, ip: IPAddress, client_name: str) -> str | None:
         """Why this client is whitelisted, or None."""
-        for (version, prefix), nets in self.networks.items():
-            if ip.version == version:
-                net = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
-                if net in nets:
-                    return f"client {net}"
+        value = int(ip)
+        for version, prefix, mask, nets in self.networks:
+            if ip.version == version and value & mask in nets:
+                return f"client {ipaddress.ip_network(f'{ip}/{prefix}', strict=False)}"
         # Postfix sends client_name=unknown when the reverse name did not verify.
         name = client_name.lower().rstrip(".")
         if not name or name == "unknown":
@@ -339,6 +349,9 @@ class _Compiled:
     normaliser: Normaliser
     spf_domains: frozenset[str]
     hostname: str
+    # `postwarden stat` counters are bumped inside the decision's own script
+    # (one round trip) unless on Redis Cluster, where they live in other slots.
+    stats_in_script: bool = True
 
 
 def _skip_reason(c: _Compiled, req: PolicyRequest, ip: IPAddress, ctx: CheckContext) -> str:
@@ -393,17 +406,21 @@ async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decisio
     recipient = c.normaliser.recipient(req.recipient)
     now = ctx.clock.now()
     keys = store.keys
+    script_keys = [keys.greylist_triplet(network, sender, recipient), keys.greylist_client(network)]
+    if c.stats_in_script:
+        script_keys += [keys.stat(STAT_DEFERRED), keys.stat(STAT_PASSED)]
     verdict, first_pass, seconds, count = await store.run(
         SCRIPT,
-        [keys.greylist_triplet(network, sender, recipient), keys.greylist_client(network)],
+        script_keys,
         [f"{now:.3f}", float(g.delay), float(g.retry_window), float(g.max_age),
          g.auto_whitelist_clients, float(g.auto_whitelist_interval),
-         network, sender, recipient],
+         network, sender, recipient, STAT_TTL],
     )  # fmt: skip
     verdict = verdict.decode() if isinstance(verdict, bytes) else str(verdict)
     secs = float(seconds)
     if verdict == "defer":
-        await store.count("greylisted")
+        if not c.stats_in_script:
+            await store.count(STAT_DEFERRED)
         wait = max(1, math.ceil(secs))
         text = _fill(g.reply_text, {"s": str(wait), "r": req.recipient_domain})
         verb = Verb.DEFER if g.action is DeferAction.DEFER else Verb.DEFER_IF_PERMIT
@@ -416,7 +433,8 @@ async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decisio
         log.info("greylist: client %s (%s) auto-whitelisted after %d passes",
                  network, req.client_name or "unknown", int(count))  # fmt: skip
     if int(first_pass):
-        await store.count("greylist_passed")
+        if not c.stats_in_script:
+            await store.count(STAT_PASSED)
         if g.add_header and _first_header_for(ctx, req.instance):
             header = _fill(g.header, {
                 "t": str(int(secs)), "h": c.hostname, "v": "postwarden",
@@ -441,7 +459,8 @@ def compile_settings(settings: Settings, problems: list[ConfigProblem]) -> _Comp
                 "warning",
             ))  # fmt: skip
     return _Compiled(g, settings.trusted_networks, clients, recipients,
-                     Normaliser.from_settings(g), spf_domains, socket.gethostname())  # fmt: skip
+                     Normaliser.from_settings(g), spf_domains, socket.gethostname(),
+                     not settings.redis.cluster)  # fmt: skip
 
 
 def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | None:

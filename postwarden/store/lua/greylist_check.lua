@@ -3,9 +3,11 @@
 -- KEYS[1] triplet hash  {first, last, passed, n, s, r}
 -- KEYS[2] client hash   {count, last, manual, keep}   (auto-whitelist, per
 --         network; manual/keep are set by `postwarden greylist whitelist`)
+-- KEYS[3], KEYS[4] optional `postwarden stat` counters (deferred, passed);
+--         left out on Redis Cluster, where they live in other slots
 -- ARGV: now, delay, retry_window, max_age, awl_threshold, awl_interval,
---       network, sender, recipient   (times in seconds; `now` from the
---       service's clock, so tests move time without sleeping)
+--       network, sender, recipient, stat_ttl   (times in seconds; `now`
+--       from the service's clock, so tests move time without sleeping)
 --
 -- Returns {verdict, first_pass, seconds, count}:
 --   {"awl", 0, 0, count}            client network is whitelisted
@@ -24,6 +26,13 @@ local max_age = tonumber(ARGV[4])
 local awl_threshold = tonumber(ARGV[5])
 local awl_interval = tonumber(ARGV[6])
 local max_age_ms = math.floor(max_age * 1000)
+
+local function count_stat(key)
+  if key ~= nil then
+    redis.call("INCR", key)
+    redis.call("EXPIRE", key, ARGV[10])
+  end
+end
 
 -- Auto-whitelisted (or whitelisted by an operator) client network?
 local c = redis.call("HMGET", KEYS[2], "count", "last", "manual", "keep")
@@ -79,6 +88,9 @@ if passed or waited >= delay then
   end
   redis.call("HSET", KEYS[1], "first", first, "last", now, "passed", 1)
   redis.call("PEXPIRE", KEYS[1], max_age_ms)
+  if first_pass == 1 then
+    count_stat(KEYS[4])
+  end
   return {"pass", first_pass, tostring(waited), count}
 end
 
@@ -86,4 +98,5 @@ redis.call("HSET", KEYS[1], "first", first, "last", now, "passed", 0)
 -- Pending: worth keeping only until the retry window closes.
 local ttl = first + retry_window - now
 redis.call("PEXPIRE", KEYS[1], math.max(1000, math.ceil(ttl * 1000)))
+count_stat(KEYS[3])
 return {"defer", 0, tostring(delay - waited), 0}

@@ -636,3 +636,24 @@ def test_spf_pass_domains_without_spf_check_is_a_warning() -> None:
     greylist.build(settings_for("    spf_pass_domains: [big.example]"), problems)
     assert [p.severity for p in problems] == ["warning"]
     assert "policyd.spf" in problems[0].message
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["in-script", "separate-call"])
+def test_greylist_counts_deferrals_and_passes_for_stat(
+    redis_server: EmbeddedRedis, cluster: bool
+) -> None:
+    async def body(h: Harness) -> None:
+        keys = h.store.keys
+        assert deferred(await h.ask())
+        assert deferred(await h.ask())
+        h.clock.advance(10 * MINUTE)
+        assert passed(await h.ask())
+        assert await h.ask() is None
+        assert await h.store.redis.get(keys.stat("greylisted")) == b"2"
+        assert await h.store.redis.get(keys.stat("greylist_passed")) == b"1"
+        assert await h.store.redis.ttl(keys.stat("greylisted")) > 300 * 86400
+
+    settings = settings_for()
+    if cluster:
+        settings = load_config_text("redis: {cluster: true}\npolicyd: {greylist: {enabled: true}}")
+    run_with(redis_server, settings, body)
