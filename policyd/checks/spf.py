@@ -82,6 +82,7 @@ _GRACE = 1.0
 _INSTANCE_CACHE_SIZE = 8192
 # RFC 7208 section 4.3: a domain that cannot exist gives "none" at once.
 _MAX_DOMAIN = 253
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _LOCAL_PART_MACRO = re.compile(rb"%\{[sl]", re.IGNORECASE)
 _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
 
@@ -322,8 +323,9 @@ def _uses_local_part(cache: Mapping[tuple[str, str], list[Any]]) -> bool:
 
 def _printable(text: str, limit: int = 300) -> str:
     """ASCII, one line, bounded: the text came from the sender's DNS."""
-    clean = "".join(c if " " <= c <= "~" else " " for c in text)
-    return clean.strip()[:limit]
+    if not (text.isascii() and text.isprintable()):
+        text = _UNPRINTABLE.sub(" ", text)
+    return text.strip()[:limit]
 
 
 # -- Received-SPF (RFC 7208 section 9.1) -----------------------------------
@@ -648,6 +650,8 @@ class SpfCheck:
         return base.with_text(_printable(text, 450) or base.text)
 
     def _log(self, req: PolicyRequest, **fields: object) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return  # the line is built only when someone reads it
         line: dict[str, object] = {"check": NAME, "queue_id": req.queue_id}
         line.update(fields)
         line.setdefault("client", req.client_address_raw)
