@@ -68,7 +68,7 @@ def _serve_dns(domains: list[str], conn: multiprocessing.connection.Connection) 
     from tests.fixtures.dnsserver import DnsServer
 
     zone = {d: [("TXT", "v=spf1 ip4:192.0.2.0/24 -all")] for d in domains}
-    with DnsServer(zone) as server:  # type: ignore[arg-type]
+    with DnsServer(zone) as server:
         conn.send(server.nameserver)
         try:
             conn.recv()
