@@ -18,14 +18,15 @@ issue asks for):
 4. SPF passed for a sender domain in `spf_pass_domains` -> no opinion;
 5. one Lua call (`greylist_check.lua`): auto-whitelist, then the triplet.
 
-SPF (decision): this check does not evaluate SPF itself. The SPF check runs
-earlier in the same pipeline (`policyd.order`) and leaves its MAIL FROM
-result for the message in the per-process note `ctx.state[SPF_NOTE]`: a
-mapping from `spf_note_key(req)` (Postfix `instance`, client address and
-lowercased sender) to the result word ("pass", "fail", ...). No note means
-no skip; `build()` warns when `spf_pass_domains` is set but the SPF check is
+SPF (decision): this check does not evaluate SPF itself; evaluating twice
+would double the DNS work per message for no gain. The SPF check runs
+earlier in the same pipeline (`policyd.order`) and remembers its answer per
+message in the per-process `ctx.state`; `spf_mailfrom_result()` reads the
+MAIL FROM result from there (an explicit note `ctx.state[SPF_NOTE]`, a
+mapping from `spf_note_key(req)` to the result word, if the SPF check
+writes one; else the SPF check's per-instance memory). No result means no
+skip. `build()` warns when `spf_pass_domains` is set but the SPF check is
 disabled or ordered after greylisting, since the option would do nothing.
-Evaluating SPF twice would double the DNS work per message for no gain.
 
 Sender normalisation keeps list mail and bounces from re-greylisting on
 every message: lowercase; strip `+extension`; SRS0/SRS1 forwarder addresses
@@ -42,7 +43,7 @@ import math
 import re
 import socket
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -366,11 +367,46 @@ def _skip_reason(c: _Compiled, req: PolicyRequest, ip: IPAddress, ctx: CheckCont
     why = c.recipients.match(req.recipient)
     if why:
         return f"whitelisted {why}"
-    if c.spf_domains and _domain_listed(req.sender_domain, c.spf_domains):
-        notes = cast(MutableMapping[str, str], ctx.state.get(SPF_NOTE, {}))
-        if notes.get(spf_note_key(req)) == "pass":
-            return f"SPF pass for {req.sender_domain}"
+    if (
+        c.spf_domains
+        and _domain_listed(req.sender_domain, c.spf_domains)
+        and spf_mailfrom_result(ctx, req, ip) == "pass"
+    ):
+        return f"SPF pass for {req.sender_domain}"
     return ""
+
+
+_SPF_REASON = re.compile(r"^spf mailfrom=([a-z]+)$")
+
+
+def spf_mailfrom_result(ctx: CheckContext, req: PolicyRequest, ip: IPAddress) -> str | None:
+    """The SPF check's MAIL FROM result for this message, if it left one.
+
+    First the explicit note (`SPF_NOTE`, see the module docstring); else the
+    SPF check's per-message memory (`ctx.state["spf"]`, policyd/checks/spf.py),
+    read by shape: `.get(instance)` gives an entry whose `fingerprint` is
+    (client ip, lowercased sender, helo) and whose `decision.reason` is
+    "spf mailfrom=<result>". Anything else means "unknown": no skip.
+    """
+    notes = ctx.state.get(SPF_NOTE)
+    if isinstance(notes, Mapping):
+        result = notes.get(spf_note_key(req))
+        if isinstance(result, str):
+            return result
+    memory = ctx.state.get("spf")
+    lookup = getattr(memory, "get", None)
+    if not req.instance or lookup is None:
+        return None
+    remembered = lookup(req.instance)
+    fingerprint = getattr(remembered, "fingerprint", None)
+    if (
+        not isinstance(fingerprint, tuple)
+        or len(fingerprint) < 2
+        or fingerprint[:2] != (str(ip), req.sender.strip().lower())
+    ):
+        return None
+    m = _SPF_REASON.match(str(getattr(getattr(remembered, "decision", None), "reason", "")))
+    return m.group(1) if m else None
 
 
 def _first_header_for(ctx: CheckContext, instance: str) -> bool:

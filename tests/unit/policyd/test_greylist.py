@@ -11,7 +11,7 @@ import pytest
 
 from policyd.checks import greylist
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
+from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline, evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem
@@ -21,6 +21,7 @@ from postwarden.config.sections.greylist import client_pattern, recipient_patter
 from postwarden.store.client import AsyncStore
 from postwarden.store.embedded import EmbeddedRedis
 from tests.conftest import make_async_store
+from tests.fixtures.dnsserver import DnsServer
 
 START = 1_700_000_000.0
 MINUTE = 60.0
@@ -657,3 +658,44 @@ def test_greylist_counts_deferrals_and_passes_for_stat(
     if cluster:
         settings = load_config_text("redis: {cluster: true}\npolicyd: {greylist: {enabled: true}}")
     run_with(redis_server, settings, body)
+
+
+def test_spf_pass_from_the_real_spf_check_skips_greylisting(redis_server: EmbeddedRedis) -> None:
+    """spf then greylist in one pipeline, SPF answered by a loopback DNS server."""
+    zone = {
+        "big.example": [("TXT", "v=spf1 ip4:192.0.2.0/24 -all")],
+        "soft.big.example": [("TXT", "v=spf1 ~all")],
+    }
+    with DnsServer(zone) as dns:
+        text = f"""
+dns: {{nameservers: ["{dns.nameserver}"], timeout: 1s}}
+policyd:
+  spf: {{enabled: true, cache_ttl: "0", query_timeout: 500ms}}
+  greylist:
+    enabled: true
+    use_default_whitelist: false
+    spf_pass_domains: [big.example]
+"""
+        settings = load_config_text(text)
+        problems: list[ConfigProblem] = []
+        checks = build_pipeline(settings, problems)
+        assert [c.name for c in checks] == ["spf", "greylist"] and problems == []
+
+        async def go() -> list[Decision]:
+            store = make_async_store(redis_server)
+            await store.redis.flushall()
+            ctx = CheckContext(settings=settings, store=store, clock=ManualClock(START))
+            try:
+                out = []
+                for i, sender in enumerate(["news@big.example", "x@soft.big.example"]):
+                    req = request(sender=sender, client_address="192.0.2.1", instance=f"m{i}")
+                    out.append((await evaluate(checks, req, ctx)).decision)
+                return out
+            finally:
+                await store.close()
+
+        spf_pass, softfail = asyncio.run(go())
+    # SPF passed: the Received-SPF header only, no greylisting
+    assert spf_pass.verb is Verb.PREPEND and spf_pass.header.startswith("Received-SPF: pass")
+    # Listed domain but no SPF pass: greylisted
+    assert softfail.verb is Verb.DEFER_IF_PERMIT and softfail.check == "greylist"
