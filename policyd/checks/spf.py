@@ -291,6 +291,8 @@ def evaluate(
         finally:
             _current_lookup.reset(token)
     except Exception as exc:
+        # pyspf on a hostile or broken record must not take the request down:
+        # the record "could not be interpreted" is what permerror means.
         _rare.warning("pyspf", "spf: evaluation error for %s: %r", domain, exc)
         return Evaluation(identity, "permerror", "SPF evaluation error", problem="evaluation error")
     if result not in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"):

@@ -705,3 +705,15 @@ def test_each_evaluated_message_is_counted_for_stat(dns_server: DnsServer) -> No
 
     asyncio.run(go())
     assert ctx.stats.take() == {"spf_fail": 1, "spf_pass": 1}
+
+
+@pytest.mark.expect_log("WARNING", "spf: evaluation error")
+def test_a_crash_inside_pyspf_is_a_permerror_not_an_exception() -> None:
+    def broken(name: str, qtype: str, timeout: float) -> list[Any]:
+        raise RuntimeError("resolver bug")
+
+    ev = spf_check.evaluate(
+        CLIENT, "a@pass.example", "helo.invalid", "mailfrom", broken,
+        receiver="mx", query_timeout=1.0, budget=1.0,
+    )  # fmt: skip
+    assert (ev.result, ev.problem) == ("permerror", "evaluation error")
