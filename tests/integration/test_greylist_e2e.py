@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -111,5 +112,46 @@ def test_authenticated_clients_are_not_greylisted(
     postfix, _ = start(postwarden_config, postwarden_service, postfix_factory)
     login = Xclient(addr="198.51.100.31", login="alice")
     result = postfix.send("alice@example.org", ["bob@example.net"], xclient=login)
+    assert result.accepted, result.replies
+    sink.wait_for(1)
+
+
+def test_two_mx_hosts_with_their_own_policyd_share_greylisting_through_redis(
+    postwarden_config: Callable[..., ServiceConfig],
+    postwarden_service: Callable[..., ServiceProcess],
+    postfix_factory: Callable[..., PostfixInstance],
+    socket_dir: Path,
+    sink: SmtpSink,
+) -> None:
+    # Two policyd processes (one per MX host) on the one Redis; the second
+    # also loads a whitelist file with a broken line, reported at start.
+    whitelist = socket_dir / "whitelist_clients"
+    whitelist.write_text("mx.partner.test\n/broken(/\n")
+    configs = [
+        postwarden_config(checks=("greylist",), overrides=GREYLIST, name="a.yaml"),
+        postwarden_config(
+            checks=("greylist",),
+            name="b.yaml",
+            overrides={
+                "policyd": {
+                    "socket": f"unix:{socket_dir / 'policyd-b.sock'}",
+                    "greylist": {
+                        **GREYLIST["policyd"]["greylist"],
+                        "whitelist_clients_files": [str(whitelist)],
+                    },
+                }
+            },
+        ),
+    ]
+    services = [postwarden_service(c, "policyd") for c in configs]
+    assert f"{whitelist}:2: warning: " in services[1].log_text()
+    mx_a = postfix_factory(policy_services=[configs[0].socket("policyd")])
+    mx_b = postfix_factory(policy_services=[configs[1].socket("policyd")])
+
+    # The first attempt reaches MX A and is greylisted there
+    first = mx_a.send("news@stranger.test", ["bob@example.net"], xclient=STRANGER)
+    assert first.rcpt_codes() == {"bob@example.net": 450}, first.replies
+    # MX B knows the triplet: too early is still 450, after the delay it passes
+    result, _ = retry_until_accepted(mx_b, "bob@example.net")
     assert result.accepted, result.replies
     sink.wait_for(1)

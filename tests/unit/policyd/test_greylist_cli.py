@@ -133,3 +133,18 @@ def test_hand_whitelisting_lasts_its_own_ttl_after_the_last_mail(
     ttl = store.redis.pttl(store.keys.greylist_client("192.0.2.0/24"))
     assert 7 * 86400 * 1000 - 5000 < ttl <= 7 * 86400 * 1000
     assert ask(cfg, redis_server, advance=19 * 86400 + 1)  # 7 days of silence: forgotten
+
+
+def test_config_check_reports_bad_whitelist_lines_with_file_and_line(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    wl = tmp_path / "whitelist_clients"
+    wl.write_text("mx.example.org\n/broken(/\n198.51.100.0/24\n")
+    cfg = tmp_path / "pw.yaml"
+    cfg.write_text(f"policyd:\n  greylist: {{enabled: true, whitelist_clients_files: [{wl}]}}\n")
+    result = CliRunner().invoke(main, ["config", "check", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert f"{wl}:2: warning: policyd.greylist.whitelist_clients_files: bad regular" in (
+        result.output
+    )
+    assert "1 warning(s)" in result.output
