@@ -411,6 +411,27 @@ class _InstanceCache:
             self._items.popitem(last=False)
 
 
+# Checks later in the pipeline (greylisting's `spf_pass_domains`) read this
+# message's MAIL FROM result here instead of evaluating SPF again: a bounded
+# mapping in `ctx.state[MAILFROM_NOTE]` from `mailfrom_note_key(req)` to the
+# result word. Only evaluated MAIL FROM identities are noted (not skips).
+MAILFROM_NOTE = "spf.mfrom_results"
+
+
+def mailfrom_note_key(req: PolicyRequest) -> str:
+    return f"{req.instance}/{req.client_address_raw}/{req.sender.lower()}"
+
+
+def note_mailfrom_result(ctx: CheckContext, req: PolicyRequest, result: str) -> None:
+    if not req.instance:
+        return
+    notes = ctx.state.setdefault(MAILFROM_NOTE, OrderedDict())
+    assert isinstance(notes, OrderedDict)
+    notes[mailfrom_note_key(req)] = result
+    while len(notes) > _INSTANCE_CACHE_SIZE:
+        notes.popitem(last=False)
+
+
 def _matches_domain(domain: str, patterns: tuple[str, ...]) -> bool:
     for pattern in patterns:
         p = pattern.lower().rstrip(".")
@@ -509,6 +530,7 @@ class SpfCheck:
             if self.actions[HELO][helo_ev.result] not in (SpfAction.PREPEND, SpfAction.IGNORE):
                 return self._act(req, ctx, helo_ev, helo_ev, ip, sender, helo, source)
         ev, source = await self._evaluation(ctx, MAILFROM, ip, sender, helo, deadline)
+        note_mailfrom_result(ctx, req, ev.result)
         header_ev = ev
         if helo_ev is not None and ev.result == "none" and helo_ev.result != "none":
             header_ev = helo_ev  # policyd-spf: the HELO result says more than "none"

@@ -717,3 +717,17 @@ def test_a_crash_inside_pyspf_is_a_permerror_not_an_exception() -> None:
         receiver="mx", query_timeout=1.0, budget=1.0,
     )  # fmt: skip
     assert (ev.result, ev.problem) == ("permerror", "evaluation error")
+
+
+def test_mail_from_result_is_noted_for_greylisting(dns_server: DnsServer) -> None:
+    # greylist's spf_pass_domains reads the note instead of evaluating again.
+    from policyd.checks import greylist
+
+    settings = settings_for(dns_server, "mailfrom_actions: {pass: ignore}")
+    check = SpfCheck(settings)
+    ctx = CheckContext(settings=settings, store=None, clock=ManualClock())
+    req = request(sender="A@pass.example", instance="g1")
+    assert asyncio.run(check.run(req, ctx)) is None  # no header, result still known
+    assert greylist.SPF_NOTE == spf_check.MAILFROM_NOTE
+    assert greylist.spf_note_key(req) == spf_check.mailfrom_note_key(req)
+    assert greylist.spf_mailfrom_result(ctx, req, ipaddress.ip_address(CLIENT)) == "pass"
