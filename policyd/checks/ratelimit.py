@@ -106,9 +106,11 @@ class Counter:
             out.append(keys.known_recipients(self.subject))
         return out
 
-    def args(self) -> list[Any]:
-        return [self.kind, self.per_ms, self.limit, self.weight, self.member,
-                "1" if self.enforce else "0", self.gate, self.gate_ttl_ms]  # fmt: skip
+    def spec(self) -> str:
+        """The counter as ratelimit_check.lua reads it: one tab-separated ARGV."""
+        enforce = "1" if self.enforce else "0"
+        return (f"{self.kind}\t{self.per_ms}\t{self.limit}\t{self.weight}\t{enforce}\t"
+                f"{self.gate_ttl_ms}\t{self.gate}\t{self.member}")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +260,10 @@ def plan(
 
 async def _check(store: Any, now_ms: int, counters: Sequence[Counter]) -> list[int]:
     keys: list[str] = []
-    args: list[Any] = [now_ms, len(counters)]
+    args: list[Any] = [now_ms]
     for c in counters:
         keys.extend(c.keys(store.keys))
-        args.extend(c.args())
+        args.append(c.spec())
     return [int(v) for v in await store.run("ratelimit_check", keys, args)]
 
 

@@ -5,18 +5,19 @@
 -- in milliseconds; events at or before now - per have left the window and are
 -- trimmed first, so the count is exact for the window (now - per, now].
 --
--- ARGV[1] now (integer ms, from the caller's clock); ARGV[2] number of
--- counters; then 8 fields per counter:
+-- ARGV[1] now (integer ms, from the caller's clock); then one ARGV per
+-- counter, fields separated by tabs (one string each keeps the call small):
 --   kind       'c' unit events | 'w' weighted events (bytes) | 'f' first-time recipient
 --   per        window length, ms (also the TTL of the log)
 --   limit      units allowed in the window
 --   weight     units this request adds (0 = nothing to count)
---   member     event name in the log; 'i:<instance>' counts a message once
---              (later RCPTs of the same message find it and add nothing);
---              weighted members end in ':<weight>' so trimming can subtract
 --   enforce    '1' a limit that refuses; '0' log-only (counted, never refuses)
+--   gate_ttl   'f' only: how long a recipient stays known, ms (else 0)
 --   gate       'f' only: the recipient's digest in the known-recipients set
---   gate_ttl   'f' only: how long a recipient stays known, ms
+--   member     (last: the rest of the string) event name in the log;
+--              'i:<instance>' counts a message once (later RCPTs of the same
+--              message find it and add nothing); weighted members end in
+--              ':<weight>' so trimming can subtract
 -- KEYS per counter: the log; then for 'w' the running sum, for 'f' the
 -- known-recipients ZSET (member -> last time mailed).
 --
@@ -25,22 +26,23 @@
 -- enough events leave the window for this request to fit (-1: never, the
 -- request alone is over the limit).
 local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+local n = #ARGV - 1
 local counters = {}
 local denied = false
-local k, a = 1, 3
+local k = 1
 
 local function weight_of(member)
   return tonumber(string.match(member, ':(%d+)$'))
 end
 
 for i = 1, n do
+  local kind, per, limit, weight, enforce, gate_ttl, gate, member = string.match(
+    ARGV[i + 1], '^(%a)\t(%d+)\t(%d+)\t(%d+)\t([01])\t(%d+)\t(%x*)\t(.*)$')
   local c = {
-    kind = ARGV[a], per = tonumber(ARGV[a + 1]), limit = tonumber(ARGV[a + 2]),
-    weight = tonumber(ARGV[a + 3]), member = ARGV[a + 4], enforce = ARGV[a + 5] == '1',
-    gate = ARGV[a + 6], gate_ttl = tonumber(ARGV[a + 7]), retry = 0,
+    kind = kind, per = tonumber(per), limit = tonumber(limit), weight = tonumber(weight),
+    enforce = enforce == '1', gate_ttl = tonumber(gate_ttl), gate = gate, member = member,
+    retry = 0,
   }
-  a = a + 8
   c.log = KEYS[k]
   k = k + 1
   if c.kind ~= 'c' then
