@@ -388,7 +388,6 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
             _log_only(results)
             return None
         refused = next(r for r in results if r.exceeded and r.counter.enforce)
-        await ctx.store.count("ratelimited")  # type: ignore[attr-defined]
         return refusal(refused)
 
     return BuiltCheck(NAME, run, cfg.mode, STATES)
