@@ -12,8 +12,9 @@ restrictions still run.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from policyd.decision import DUNNO, Decision, Verb
 from policyd.protocol import PolicyRequest, ProtocolState
@@ -96,10 +97,45 @@ class Outcome:
     trail: tuple[tuple[str, str], ...] = ()
 
 
+class PendingHeaders:
+    """Headers a message still owes, keyed by Postfix's `instance`.
+
+    A policy reply carries one action, so one PREPEND per request. When
+    several checks want a header, or a decisive answer for one recipient
+    (say a greylist DEFER) displaces a Received-SPF header, the rest wait
+    here and go out with the next non-decisive reply for the same message.
+    Bounded: the oldest messages are forgotten first.
+    """
+
+    def __init__(self, limit: int = 10000) -> None:
+        self.limit = limit
+        self._by_instance: OrderedDict[str, list[Decision]] = OrderedDict()
+
+    def take(self, instance: str) -> list[Decision]:
+        return self._by_instance.pop(instance, []) if instance else []
+
+    def keep(self, instance: str, headers: list[Decision]) -> None:
+        if not instance or not headers:
+            return
+        self._by_instance[instance] = headers
+        self._by_instance.move_to_end(instance)
+        while len(self._by_instance) > self.limit:
+            self._by_instance.popitem(last=False)
+
+
+def _pending(ctx: CheckContext) -> PendingHeaders:
+    pending = ctx.state.get("pipeline.pending_headers")
+    if not isinstance(pending, PendingHeaders):
+        pending = PendingHeaders()
+        ctx.state["pipeline.pending_headers"] = pending
+    return pending
+
+
 async def evaluate(checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckContext) -> Outcome:
     """Run the checks that apply to this stage; first decisive answer wins."""
-    prepend: Decision | None = None
+    headers: list[Decision] = []
     trail: list[tuple[str, str]] = []
+    pending = _pending(ctx)
     for check in checks:
         if req.protocol_state not in check.states:
             continue
@@ -107,30 +143,28 @@ async def evaluate(checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckC
         if decision is None or decision.verb is Verb.DUNNO:
             continue
         if not decision.check:
-            decision = Decision(
-                decision.verb,
-                decision.reply,
-                decision.header,
-                decision.text,
-                decision.reason,
-                check.name,
-                decision.extra_log,
-            )
+            decision = replace(decision, check=check.name)
         if check.mode is Mode.WARN and decision.verb.decisive:
             would = decision.action_line()
             trail.append((check.name, f"warn:{decision.verb.value}"))
             header = f"{ctx.settings.policyd.warn_header}: {check.name} would {would}"
-            if prepend is None:
-                prepend = Decision(
+            headers.append(
+                Decision(
                     Verb.PREPEND,
                     header=header,
                     check=check.name,
                     reason=f"warn mode: {decision.reason}",
                 )
+            )
             continue
         trail.append((check.name, decision.verb.value))
         if decision.verb.decisive:
+            pending.keep(req.instance, pending.take(req.instance) + headers)
             return Outcome(decision, tuple(trail))
-        if decision.verb is Verb.PREPEND and prepend is None:
-            prepend = decision
-    return Outcome(prepend or DUNNO, tuple(trail))
+        if decision.verb is Verb.PREPEND:
+            headers.append(decision)
+    owed = pending.take(req.instance) + headers
+    if not owed:
+        return Outcome(DUNNO, tuple(trail))
+    pending.keep(req.instance, owed[1:])
+    return Outcome(owed[0], tuple(trail))

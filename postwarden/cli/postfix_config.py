@@ -54,6 +54,9 @@ def postfix_config(config_file: str | None, chroot: bool) -> None:
         click.echo("    reject_unauth_destination,")
         default = "DEFER_IF_PERMIT" if p.on_error is OnError.TEMPFAIL else "DUNNO"
         click.echo(f"    check_policy_service {{ {target}, default_action={default} }}")
+        # One policy reply carries one PREPEND; headers a message still owes
+        # (e.g. X-Greylist behind Received-SPF) go out at DATA.
+        click.echo(f"smtpd_data_restrictions = check_policy_service {target}")
         if p.ratelimit.enabled:
             click.echo(f"smtpd_end_of_data_restrictions = check_policy_service {target}")
         click.echo("# Postfix's own default when the policy service is down is 451 4.3.5;")
