@@ -12,7 +12,7 @@ import pytest
 
 from policyd.checks import ratelimit
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
+from policyd.pipeline import BuiltCheck, CheckContext, evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.load import load_config_text
@@ -511,3 +511,26 @@ def test_window_text_uses_config_units() -> None:
         "1.5s",
         "1h",
     ]
+
+
+def test_warn_mode_adds_a_header_and_consumes_no_quota(
+    redis_server: EmbeddedRedis, store: Store
+) -> None:
+    settings = load_config_text(
+        "policyd:\n  ratelimit:\n    enabled: true\n    mode: warn\n"
+        "    first_time_recipients: {enabled: false}\n    rules:\n" + PER_USER_5_PER_MIN
+    )
+
+    async def body(h: Harness) -> None:
+        for i in range(7):
+            req = request(sasl_username="alice", recipient="r@x.example", instance=f"w{i}")
+            outcome = await evaluate([h.check], req, h.ctx)
+            if i < 5:
+                assert outcome.decision.verb is Verb.DUNNO
+            else:
+                assert outcome.decision.verb is Verb.PREPEND
+                assert outcome.decision.header.startswith("X-Postwarden-Warn: ratelimit would 450")
+
+    run_with(redis_server, settings, body)
+    key = store.keys.ratelimit("sasl_username:alice", "per_user", "60000")
+    assert store.redis.zcard(key) == 5
