@@ -8,7 +8,9 @@ window's resolution — at any instant `now` the events in `(now - per, now]`
 never sum to more than `limit` (a fixed-window counter may let 2x through
 across a boundary, GCRA lets up to 2*limit-1 through in a window of length
 `per`). Times are whole milliseconds from the injected Clock, so events less
-than 1 ms apart share a timestamp; nothing else is approximated. Memory is
+than 1 ms apart share a timestamp; nothing else is approximated. Hosts sharing
+one Redis each stamp events with their own clock: a skew of s seconds between
+them shifts a window by s for the lagging host (run NTP). Memory is
 one ZSET member per counted event still in the window (at most `limit` for
 messages/recipients, one per message for bytes).
 
