@@ -9,7 +9,8 @@ file:line). Only the few rules RE2 refuses ever pay this IPC cost.
 
 Wire format (both directions, little-endian): request = u32 pattern length,
 u32 flags, u32 subject length, pattern bytes, subject bytes; reply = i32 n,
-then n i32 span values (n = -1: no match).
+then n i32 span values (n = -1: no match). The worker writes one byte
+"R" when it is ready.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger("postwarden.milter.headers")
 
 _REQ = struct.Struct("<III")
 _INT = struct.Struct("<i")
+_STARTUP_BUDGET = 30.0
 
 
 class FallbackWorker:
@@ -47,21 +49,31 @@ class FallbackWorker:
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "milters.header_regex_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             cwd=root,
         )
+        # Interpreter start-up must not eat the first match's budget: wait
+        # for the worker's ready byte with a start-up allowance of its own.
+        assert proc.stdout is not None
+        try:
+            _read_exact(proc.stdout, 1, _STARTUP_BUDGET)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        return proc
 
     def search(self, pattern: bytes, flags: int, subject: bytes) -> tuple[int, ...] | None:
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = self._start()
-            proc = self._proc
-            assert proc.stdin is not None and proc.stdout is not None
             try:
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc = self._start()
+                proc = self._proc
+                assert proc.stdin is not None and proc.stdout is not None
                 proc.stdin.write(_REQ.pack(len(pattern), flags, len(subject)) + pattern + subject)
                 proc.stdin.flush()
                 reply = _read_reply(proc.stdout, self.budget)
@@ -123,6 +135,8 @@ def _read_reply(stream: BinaryIO, budget: float) -> tuple[int, ...] | None:
 
 def _serve(inp: BinaryIO, out: BinaryIO) -> None:
     cache: dict[tuple[bytes, int], re.Pattern[bytes]] = {}
+    out.write(b"R")
+    out.flush()
     while True:
         head = inp.read(_REQ.size)
         if len(head) < _REQ.size:
