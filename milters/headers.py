@@ -73,6 +73,11 @@ log = logging.getLogger("postwarden.milter.headers")
 
 # cleanup: CLEANUP_STAT_WRITE after a map lookup error ("try again later").
 LOOKUP_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
+# Postfix hides its own Received: header from smtpd milters but counts it in
+# an insert index (measured with Postfix 3.7: insheader(0) lands above it;
+# chgheader occurrence numbers do not count it). So "above the milter's
+# header i" is insert index i + 1.
+HIDDEN_TOP_HEADERS = 1
 _EDIT_VERBS = (Verb.PREPEND, Verb.REPLACE, Verb.IGNORE, Verb.STRIP)
 
 
@@ -475,7 +480,8 @@ def header_edits(
 
     Deletes and changes go first, highest occurrence first, so no index moves
     under a later edit; inserts follow, bottom-most first, with positions
-    counted in the header list that is left after the deletes.
+    counted in the header list that is left after the deletes, plus Postfix's
+    hidden Received: header (HIDDEN_TOP_HEADERS).
     """
     edits: list[HeaderEdit] = []
     occurrence: list[int] = []
@@ -511,7 +517,8 @@ def header_edits(
         if i not in removed:
             kept += 1
     for i, _, name, value in sorted(inserts, key=lambda t: (-t[0], -t[1])):
-        edits.append(HeaderEdit(HeaderOp.INSERT, name, value, kept_before[i]))
+        index = kept_before[i] + HIDDEN_TOP_HEADERS
+        edits.append(HeaderEdit(HeaderOp.INSERT, name, value, index))
     return edits
 
 

@@ -1,0 +1,143 @@
+"""End to end: Postfix -> `postwarden milter headers` -> sink, one table file.
+
+The same table is also given to Postfix's own `header_checks`, so the
+client-visible reply of the milter can be compared with what Postfix itself
+answers (header_checks(5)).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness.postfix import PostfixInstance, make_message
+from tests.harness.services import ServiceConfig, ServiceProcess
+from tests.harness.sink import SmtpSink
+
+pytestmark = pytest.mark.integration
+
+PostfixFactory = Callable[..., PostfixInstance]
+ConfigFactory = Callable[..., ServiceConfig]
+ServiceFactory = Callable[..., ServiceProcess]
+
+TABLE = [
+    "/^Subject: reject me/       REJECT 5.7.1 Rejected by the header rule",
+    "/^Subject: later please/    REJECT 4.7.1 Come back later",
+    "/^Subject: discard me/      DISCARD",
+    "/^Subject: hold me/         HOLD held for review",
+    "/^X-Tag: (.*)/              PREPEND X-Tagged: seen $1",
+    "/^X-Drop:/                  IGNORE",
+]
+
+
+@pytest.fixture
+def milter_postfix(
+    tmp_path: Path,
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+) -> PostfixInstance:
+    table = tmp_path / "header_checks"
+    table.write_text("\n".join(TABLE) + "\n")
+    config = postwarden_config(
+        milters=("headers",),
+        overrides={"milters": {"headers": {"header_checks": [str(table)]}}},
+    )
+    postwarden_service(config, "milter", "headers")
+    return postfix_factory(smtpd_milters=[config.socket("headers")])
+
+
+def send(postfix: PostfixInstance, subject: str, **extra: str) -> object:
+    data = make_message(subject=subject, extra_headers=extra or None)
+    return postfix.send("alice@example.org", "bob@example.net", data)
+
+
+def test_reject_rule_gives_the_client_the_same_5xx_and_text_as_postfix(
+    milter_postfix: PostfixInstance, postfix_factory: PostfixFactory, sink: SmtpSink
+) -> None:
+    # Given the table in the milter, and the same table in Postfix itself
+    native = postfix_factory(header_checks=TABLE)
+    # When a message matching the REJECT line is sent to each
+    ours = milter_postfix.send(
+        "alice@example.org", "bob@example.net", make_message(subject="reject me")
+    )
+    theirs = native.send("alice@example.org", "bob@example.net", make_message(subject="reject me"))
+    # Then the client sees the rule's code and text, as Postfix would send it
+    assert ours.code("data") == theirs.code("data") == 550
+    assert "5.7.1 Rejected by the header rule" in ours.text("data")
+    assert ours.text("data") == theirs.text("data")
+    assert sink.count == 0
+
+
+def test_reject_with_4xx_text_tempfails_like_postfix(
+    milter_postfix: PostfixInstance, postfix_factory: PostfixFactory
+) -> None:
+    native = postfix_factory(header_checks=TABLE)
+    ours = milter_postfix.send(
+        "alice@example.org", "bob@example.net", make_message(subject="later please")
+    )
+    theirs = native.send(
+        "alice@example.org", "bob@example.net", make_message(subject="later please")
+    )
+    assert ours.code("data") == theirs.code("data")
+    assert ours.code("data") is not None and 400 <= ours.code("data") < 500  # type: ignore[operator]
+    assert "4.7.1 Come back later" in ours.text("data")
+
+
+def test_encoded_subject_is_rejected_by_the_milter_but_not_by_postfix(
+    milter_postfix: PostfixInstance, postfix_factory: PostfixFactory
+) -> None:
+    # The intended difference: the milter also matches the decoded header.
+    encoded = "=?utf-8?B?" + base64.b64encode(b"reject me").decode() + "?="
+    native = postfix_factory(header_checks=TABLE)
+    ours = milter_postfix.send(
+        "alice@example.org", "bob@example.net", make_message(subject=encoded)
+    )
+    theirs = native.send("alice@example.org", "bob@example.net", make_message(subject=encoded))
+    assert ours.code("data") == 550
+    assert theirs.code("data") == 250
+
+
+def test_prepend_adds_a_header_and_ignore_removes_one(
+    milter_postfix: PostfixInstance, sink: SmtpSink
+) -> None:
+    data = make_message(subject="edit me", extra_headers={"X-Tag": "blue", "X-Drop": "secret"})
+    result = milter_postfix.send("alice@example.org", "bob@example.net", data)
+    assert result.accepted, result.replies
+    [received] = sink.wait_for(1)
+    assert received.header("X-Tagged") == "seen blue"
+    assert received.header("X-Drop") is None
+    assert received.header("X-Tag") == "blue"
+    # PREPEND puts the new header right above the one that matched.
+    lines = received.header_block.decode().split("\r\n")
+    names = [line.split(":", 1)[0] for line in lines if line and line[0] not in " \t"]
+    assert names.index("X-Tagged") + 1 == names.index("X-Tag")
+
+
+def test_discard_leaves_the_sink_empty_while_the_client_sees_success(
+    milter_postfix: PostfixInstance, sink: SmtpSink
+) -> None:
+    result = milter_postfix.send(
+        "alice@example.org", "bob@example.net", make_message(subject="discard me")
+    )
+    assert result.accepted, result.replies
+    milter_postfix.wait_for_log("discard")
+    # A follow-up message proves delivery works and the discarded one never came.
+    milter_postfix.send("alice@example.org", "bob@example.net", make_message(subject="after"))
+    [received] = sink.wait_for(1)
+    assert received.header("Subject") == "after"
+
+
+def test_hold_puts_the_message_in_the_hold_queue(
+    milter_postfix: PostfixInstance, sink: SmtpSink
+) -> None:
+    result = milter_postfix.send(
+        "alice@example.org", "bob@example.net", make_message(subject="hold me")
+    )
+    assert result.accepted, result.replies
+    held = milter_postfix.wait_for_hold(1)
+    assert held == [result.queue_id]
+    assert sink.count == 0
