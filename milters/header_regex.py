@@ -116,9 +116,10 @@ def _compile_re2(pattern: str, *, longest: bool) -> object | None:
     opts = _re2_options()
     opts.longest_match = longest
     try:
-        return re2.compile(pattern.encode("latin-1"), opts)
+        compiled: object = re2.compile(pattern.encode("latin-1"), opts)
     except re2.error:
         return None
+    return compiled
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from postwarden.logs import RateLimitedLog
 
@@ -111,7 +111,7 @@ class FallbackWorker:
             proc.kill()
 
 
-def _read_exact(stream: BinaryIO, n: int, deadline_budget: float) -> bytes:
+def _read_exact(stream: IO[bytes], n: int, deadline_budget: float) -> bytes:
     fd = stream.fileno()
     out = b""
     while len(out) < n:
@@ -125,7 +125,7 @@ def _read_exact(stream: BinaryIO, n: int, deadline_budget: float) -> bytes:
     return out
 
 
-def _read_reply(stream: BinaryIO, budget: float) -> tuple[int, ...] | None:
+def _read_reply(stream: IO[bytes], budget: float) -> tuple[int, ...] | None:
     (n,) = _INT.unpack(_read_exact(stream, 4, budget))
     if n < 0:
         return None
@@ -133,7 +133,7 @@ def _read_reply(stream: BinaryIO, budget: float) -> tuple[int, ...] | None:
     return struct.unpack(f"<{n}i", raw)
 
 
-def _serve(inp: BinaryIO, out: BinaryIO) -> None:
+def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     cache: dict[tuple[bytes, int], re.Pattern[bytes]] = {}
     out.write(b"R")
     out.flush()

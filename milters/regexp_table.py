@@ -317,6 +317,7 @@ class _Parser:
         if got is None:
             return None
         pattern, rest = got
+        assert isinstance(pattern, _Pattern)
         if rest.strip(_SPACE):
             self.problem(
                 lineno,

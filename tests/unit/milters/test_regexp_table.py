@@ -21,7 +21,7 @@ def result(t: Table, key: str) -> str | None:
 def test_continuation_lines_join_without_the_newline_and_skip_comments() -> None:
     t = table("/^ab/\n  REJECT  multi\n# comment\n\n\tline  \n/^c/ C\n")
     assert result(t, "abc") == "REJECT  multi\tline"
-    assert t.rules[0].loc.line == 1  # type: ignore[union-attr]
+    assert t.rules[0].loc.line == 1
     assert result(t, "c") == "C"
 
 

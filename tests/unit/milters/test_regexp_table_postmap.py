@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,9 +103,9 @@ def ours(table: Table, key: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def worker() -> FallbackWorker:
+def worker() -> Iterator[FallbackWorker]:
     w = FallbackWorker(budget=5.0)
-    yield w  # type: ignore[misc]
+    yield w
     w.close()
 
 
