@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from functools import cached_property
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -33,20 +34,22 @@ class ReceivedMessage:
     rcpt_tos: tuple[str, ...]
     raw: bytes
     peer: str
-    parsed: EmailMessage = field(repr=False)
 
     @classmethod
     def from_envelope(cls, envelope: Envelope, peer: str) -> ReceivedMessage:
-        raw = envelope.original_content or b""
-        parsed = message_from_bytes(raw, policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
         return cls(
             mail_from=envelope.mail_from or "",
             rcpt_tos=tuple(envelope.rcpt_tos),
-            raw=raw,
+            raw=envelope.original_content or b"",
             peer=peer,
-            parsed=parsed,
         )
+
+    @cached_property
+    def parsed(self) -> EmailMessage:
+        """The message parsed on first use (keeps the sink cheap under load)."""
+        parsed = message_from_bytes(self.raw, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
 
     @property
     def header_block(self) -> bytes:
