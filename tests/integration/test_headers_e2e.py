@@ -8,6 +8,7 @@ answers (header_checks(5)).
 from __future__ import annotations
 
 import base64
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,3 +142,32 @@ def test_hold_puts_the_message_in_the_hold_queue(
     held = milter_postfix.wait_for_hold(1)
     assert held == [result.queue_id]
     assert sink.count == 0
+
+
+def test_sighup_reloads_the_table_without_restarting_the_milter(
+    tmp_path: Path,
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+) -> None:
+    # Given the milter serving a table that does not know "new rule"
+    table = tmp_path / "reloadable"
+    table.write_text("/^Subject: old rule/ REJECT old\n")
+    config = postwarden_config(
+        milters=("headers",),
+        overrides={"milters": {"headers": {"header_checks": [str(table)]}}},
+    )
+    service = postwarden_service(config, "milter", "headers")
+    postfix = postfix_factory(smtpd_milters=[config.socket("headers")])
+    first = postfix.send("a@example.org", "b@example.net", make_message(subject="new rule"))
+    assert first.accepted, first.replies
+    # When the table gains a rule and the milter gets SIGHUP
+    table.write_text("/^Subject: new rule/ REJECT 5.7.1 added by reload\n")
+    mark = len(service.log_text())
+    service.send_signal(signal.SIGHUP)
+    service.wait_for_log("reloaded", start=mark)
+    # Then the same process applies it
+    second = postfix.send("a@example.org", "b@example.net", make_message(subject="new rule"))
+    assert second.code("data") == 550
+    assert "added by reload" in second.text("data")
+    assert service.alive()

@@ -19,9 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from milters import headers
 from milters.header_regex_worker import FallbackWorker
+from milters.message import Envelope, Message
 from milters.regexp_table import Table, load_table
+from postwarden.config import load_config_text
 
 RULES = Path(__file__).resolve().parents[2] / "fixtures" / "rules"
 SEED = Path(__file__).resolve().parents[4] / "shared" / "rules" / "header_checks.seed-spammers"
@@ -76,6 +80,22 @@ KEYS = [
     "Subject: Ελληνικά",
     "Subject: PRINTEX\u00a0DIGITAL offer",
     "Subject: printex\u00a0digital offer",
+    # PCRE-only constructs (RE2 path and the fallback)
+    "Subject: call 555-1234",
+    "Subject: cheap pills",
+    "Subject: pills cheap",
+    "Subject: urgent",
+    "Subject: not urgent",
+    "X-Id: ab-ab",
+    "X-Id: ab-cd",
+    "Subject:\ttab\tsep",
+    "Subject: x UPPER",
+    "Subject: x upper",
+    "Subject: a.b*c",
+    "Subject: aXb*c",
+    "Subject:spacedout",
+    "Subject: ab",
+    "Subject: ungreedy aab",
     # seed-spammers domains
     "From: news@massnews.gr",
     "From: Akis Angelakis <a@x.gr>",
@@ -158,3 +178,32 @@ def test_bad_lines_are_the_lines_postmap_skips() -> None:
     # through the action check in headers.build (not a table-syntax issue).
     assert postfix_lines <= ours_lines
     assert ours_lines - postfix_lines == set()
+
+
+# The intended difference, listed: when the raw line matches nothing, the
+# milter tries the unfolded, RFC 2047-decoded line; postmap cannot.
+DECODED_ONLY = [
+    ("Subject: =?UTF-8?Q?free_money?=", "Subject: free money"),
+    ("Subject: free\n money", "Subject: free money"),
+    ("Subject: =?iso-8859-1?q?Gr=FC=DFe_=FC?=", "Subject: Grüße ü"),
+]
+
+
+@pytest.mark.parametrize(("raw", "decoded"), DECODED_ONLY)
+def test_decoded_form_matches_where_postmap_finds_nothing(raw: str, decoded: str) -> None:
+    spec = f"regexp:{RULES / 'differential.regexp'}"
+    assert postmap(raw, spec) is None
+    expected = postmap(decoded, spec)
+    assert expected is not None
+    block = {"header_checks": [str(RULES / "differential.regexp")]}
+    settings = load_config_text(yaml.safe_dump({"milters": {"headers": block}}))
+    engine = headers.build(settings, [])
+    assert engine is not None
+    name, _, value = raw.partition(": ")
+    message = Message.from_bytes(f"{name}: {value}".replace("\n", "\r\n").encode() + b"\r\n\r\n")
+    verdict = engine.evaluate(message, Envelope())
+    first = verdict.details["matches"][0]  # type: ignore[index]
+    assert first["form"] == "decoded"
+    assert first["matched"] == decoded
+    assert expected.startswith(first["action"])
+    engine.fallback.close()
