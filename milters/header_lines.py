@@ -55,6 +55,8 @@ class RawLine:
     cls: LineClass
     text: bytes
     header_index: int = -1  # index in Message.headers for primary headers
+    start: int = -1  # byte span in the body, line end excluded (-1: not in the body)
+    end: int = -1
 
 
 def is_mime_header(name: str) -> bool:
@@ -91,9 +93,11 @@ def body_lines(
     pending_nested = False
     current: bytearray | None = None
     current_cls = LineClass.MIME
+    current_start = 0
+    current_end = 0
 
     def flush_header() -> Iterator[RawLine]:
-        nonlocal current, pending_ct, pending_nested
+        nonlocal current, pending_ct, pending_nested, current_start, current_end
         if current is None:
             return
         name, _, value = bytes(current).partition(b":")
@@ -105,14 +109,19 @@ def body_lines(
         cls = current_cls
         if cls is LineClass.NESTED and lname in _MIME_HEADERS:
             cls = LineClass.MIME
-        yield RawLine(cls, bytes(current))
+        yield RawLine(cls, bytes(current), start=current_start, end=current_end)
         current = None
 
+    pos = 0
     for raw in body.split(b"\n"):
+        here = pos
+        pos += len(raw) + 1
         line = raw[:-1] if raw.endswith(b"\r") else raw
+        line_end = here + len(line)
         if state in ("part_headers", "nested_headers"):
             if line[:1] in (b" ", b"\t") and current is not None:
                 current += b"\n" + line
+                current_end = line_end
                 continue
             yield from flush_header()
             if line == b"":
@@ -127,12 +136,13 @@ def body_lines(
                 continue
             if b":" in line:
                 current = bytearray(line)
+                current_start, current_end = here, line_end
                 continue
             state = "body"  # not a header: the part body starts here
         if boundaries and line.startswith(b"--"):
             hit = next((bd for bd in reversed(boundaries) if line.startswith(b"--" + bd)), None)
             if hit is not None:
-                yield RawLine(LineClass.BODY, line[:line_limit])
+                yield RawLine(LineClass.BODY, line[:line_limit], start=here, end=line_end)
                 if line.rstrip().endswith(b"--" + hit + b"--") or line.rstrip() == (
                     b"--" + hit + b"--"
                 ):
@@ -153,7 +163,10 @@ def body_lines(
         if not line:
             continue  # Postfix: empty lines never match
         for start in range(0, len(line), line_limit):
-            yield RawLine(LineClass.BODY, line[start : start + line_limit])
+            chunk_end = min(start + line_limit, len(line))
+            yield RawLine(
+                LineClass.BODY, line[start:chunk_end], start=here + start, end=here + chunk_end
+            )
     yield from flush_header()
 
 

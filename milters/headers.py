@@ -28,8 +28,9 @@ logging context), and `Verdict.details` carries it for `postwarden scan`.
 Deliberate differences from Postfix, beyond decoding: headers are matched as
 `Name: value` rebuilt from what the milter protocol delivers (Postfix sees
 the client's exact spacing after the colon); PREPEND/REPLACE/IGNORE on body
-lines and on MIME part headers are logged but not applied (a milter can edit
-only top-level headers without rewriting the body); FILTER is logged (and
+lines and MIME part headers rewrite the body (milter replacebody), except
+when the body was cut at max_body_size or the match was on decoded text
+(then they are logged, not applied); FILTER is logged (and
 stamped in `filter_header` when set) because a milter cannot reroute mail.
 """
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import re2
 
@@ -149,17 +150,23 @@ class HeadersEngine:
         self._actions: dict[tuple[str, Context], RuleAction] = {}
         self._unknown = RateLimitedLog(log, interval=300.0)
         verbs = {r.action.verb for r in rules}
-        for tlist in tables.values():
+        in_body: set[Verb] = {r.action.verb for r in rules}
+        for cls, tlist in tables.items():
             for t in tlist:
                 for rule in t.match_rules():
-                    verbs.add(
-                        parse_action(rule.result.decode("utf-8", "replace"), Context.BODY).verb
-                    )
+                    verb = parse_action(rule.result.decode("utf-8", "replace"), Context.BODY).verb
+                    verbs.add(verb)
+                    if cls is not LineClass.HEADER:
+                        in_body.add(verb)
+        edit_verbs = {Verb.REPLACE, Verb.IGNORE, Verb.STRIP, Verb.PREPEND}
         self.needs = Needs(
             headers=True,
-            body=bool(tables[LineClass.BODY]) or any(r.spec.body for r in rules),
+            # MIME part headers and attached messages' headers are in the body.
+            body=any(tables[c] for c in (LineClass.BODY, LineClass.MIME, LineClass.NESTED))
+            or bool(rules),
             add_headers=True,
-            change_headers=bool(verbs & {Verb.REPLACE, Verb.IGNORE, Verb.STRIP, Verb.PREPEND}),
+            change_headers=bool(verbs & edit_verbs),
+            change_body=bool(in_body & edit_verbs),
             change_recipients=bool(verbs & {Verb.REDIRECT, Verb.BCC}),
             quarantine=Verb.HOLD in verbs,
         )
@@ -268,9 +275,13 @@ class HeadersEngine:
                 dropped.add(i)
             elif outcome is LineOutcome.REPLACE:
                 replaced[i] = text
+        body_edits: list[tuple[int, int, Verb, str]] = []
         if state.filtering:
-            self._body(msg, env, state, warns, top_ct)
-        return self._verdict(msg, env, state, warns, prepends, replaced, dropped)
+            self._body(msg, env, state, warns, top_ct, body_edits)
+        verdict = self._verdict(msg, env, state, warns, prepends, replaced, dropped)
+        if body_edits and verdict.action not in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
+            verdict = replace(verdict, new_body=edit_body(msg.body, body_edits))
+        return verdict
 
     def _body(
         self,
@@ -279,6 +290,7 @@ class HeadersEngine:
         state: CleanupState,
         warns: list[Decision],
         top_ct: bytes,
+        body_edits: list[tuple[int, int, Verb, str]],
     ) -> None:
         s = self.settings
         check_body = bool(self.tables[LineClass.BODY]) or any(r.spec.body for r in self.rules)
@@ -321,9 +333,21 @@ class HeadersEngine:
                     warns,
                 )
             if found is not None:
-                if found.action.verb in _EDIT_VERBS and not found.action.problem:
-                    found.decision.note = "not applied: a milter edits only top-level headers"
-                self._apply(state, found, Context.BODY)
+                context = Context.BODY if line.cls is LineClass.BODY else Context.HEADER
+                outcome, text = self._apply(state, found, context)
+                verb = found.action.verb
+                if verb not in _EDIT_VERBS or found.action.problem or found.error:
+                    continue
+                if found.decision.form != "raw":
+                    found.decision.note = "not applied: decoded text has no line to edit"
+                elif msg.truncated:
+                    found.decision.note = "not applied: body cut at max_body_size"
+                elif verb is Verb.PREPEND:
+                    body_edits.append((line.start, line.start, verb, found.action.text))
+                elif outcome is LineOutcome.DROP:
+                    body_edits.append((line.start, line.end, Verb.IGNORE, ""))
+                elif outcome is LineOutcome.REPLACE:
+                    body_edits.append((line.start, line.end, verb, text))
         if not (check_body and s.decoded_body and state.filtering):
             return
         try:
@@ -456,6 +480,37 @@ class HeadersEngine:
             remove_recipients=tuple(remove),
             details=details,
         )
+
+
+def edit_body(body: bytes, edits: list[tuple[int, int, Verb, str]]) -> bytes:
+    """Apply body_checks/mime_header_checks line edits (cleanup's PREPEND,
+    REPLACE, IGNORE on body records): a PREPEND line goes above its line,
+    IGNORE removes the line and its line end."""
+    eol = b"\r\n" if b"\r\n" in body[:4096] or not body else b"\n"
+    out = bytearray()
+    pos = 0
+    for start, end, verb, text in sorted(edits, key=lambda e: (e[0], e[2] is not Verb.PREPEND)):
+        if start < pos:
+            continue  # overlapping edit (a chunk of a line already replaced)
+        out += body[pos:start]
+        data = text.encode("utf-8", "surrogateescape")
+        if verb is Verb.PREPEND:
+            out += data + eol
+            pos = start
+            continue
+        if verb is Verb.REPLACE:
+            out += data
+            pos = end
+            continue
+        pos = end  # IGNORE / STRIP: drop the line, and its line end if whole
+        at_line_start = start == 0 or body[start - 1 : start] == b"\n"
+        if at_line_start:
+            if body[pos : pos + 2] == b"\r\n":
+                pos += 2
+            elif body[pos : pos + 1] == b"\n":
+                pos += 1
+    out += body[pos:]
+    return bytes(out)
 
 
 def _rule_subject(rule: YamlRule, text: str, name: str) -> str:
@@ -606,16 +661,4 @@ def _report_actions(
         if action.problem:
             problems.append(
                 _problem(s, rule.loc.file, rule.loc.line, "", f"{action.problem}", skipped=False)
-            )
-        elif context is Context.BODY and action.verb in _EDIT_VERBS:
-            problems.append(
-                _problem(
-                    s,
-                    rule.loc.file,
-                    rule.loc.line,
-                    "",
-                    f"{action.verb.value} in body checks is logged but not applied "
-                    "(a milter cannot edit body lines without rewriting the body)",
-                    skipped=False,
-                )
             )

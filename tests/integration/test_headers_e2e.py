@@ -171,3 +171,37 @@ def test_sighup_reloads_the_table_without_restarting_the_milter(
     assert second.code("data") == 550
     assert "added by reload" in second.text("data")
     assert service.alive()
+
+
+def test_body_checks_replace_and_decoded_body_match_through_postfix(
+    tmp_path: Path,
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+    sink: SmtpSink,
+) -> None:
+    body_table = tmp_path / "body_checks"
+    body_table.write_text(
+        "/^old footer/ REPLACE new footer\n/big casino/ REJECT 5.7.1 no casinos\n"
+    )
+    config = postwarden_config(
+        milters=("headers",),
+        overrides={"milters": {"headers": {"body_checks": [str(body_table)]}}},
+    )
+    postwarden_service(config, "milter", "headers")
+    postfix = postfix_factory(smtpd_milters=[config.socket("headers")])
+    # A raw body line is rewritten in place (milter replacebody)
+    edited = postfix.send(
+        "a@example.org", "b@example.net", make_message(subject="s", body="hi\r\nold footer\r\n")
+    )
+    assert edited.accepted, edited.replies
+    [received] = sink.wait_for(1)
+    assert received.body == b"hi\r\nnew footer\r\n"
+    # A base64 body is matched decoded, which Postfix's body_checks cannot do
+    encoded = base64.b64encode(b"win at the big casino").decode() + "\r\n"
+    data = make_message(
+        subject="b64", body=encoded, extra_headers={"Content-Transfer-Encoding": "base64"}
+    )
+    rejected = postfix.send("a@example.org", "b@example.net", data)
+    assert rejected.code("data") == 550
+    assert "no casinos" in rejected.text("data")

@@ -310,3 +310,29 @@ def test_catastrophic_backtracking_pattern_is_bounded(tmp_path: Path) -> None:
     assert v.details["matches"][0]["text"] == "next rule still runs"  # type: ignore[index]
     assert e.fallback.timeouts == 1
     e.fallback.close()
+
+
+def test_body_and_part_header_edits_rewrite_the_body(tmp_path: Path) -> None:
+    e, _ = engine(
+        tmp_path,
+        "/^Content-Description: secret/ IGNORE\n",
+        body="/^tracking pixel/ IGNORE\n/^old footer/ REPLACE new footer\n/^dear/ PREPEND Hi!\n",
+    )
+    assert e.needs.change_body
+    body = (
+        'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n'
+        "Content-Description: secret plan\n\ndear reader\ntracking pixel here\nold footer\n--b--\n"
+    )
+    v = e.evaluate(msg(f"Subject: s\n{body}"), ENV)
+    assert v.new_body is not None
+    assert v.new_body == (
+        b"--b\r\nContent-Type: text/plain\r\n\r\nHi!\r\ndear reader\r\nnew footer\r\n--b--\r\n"
+    )
+
+
+def test_body_edits_are_not_applied_to_a_truncated_body(tmp_path: Path) -> None:
+    e, _ = engine(tmp_path, body="/^drop me/ IGNORE\n")
+    m = Message.from_bytes(b"Subject: s\r\n\r\ndrop me\r\n" + b"x" * 100, max_body_size=20)
+    v = e.evaluate(m, ENV)
+    assert v.new_body is None
+    assert "max_body_size" in v.details["matches"][0]["note"]  # type: ignore[index]
