@@ -205,3 +205,33 @@ def test_body_checks_replace_and_decoded_body_match_through_postfix(
     rejected = postfix.send("a@example.org", "b@example.net", data)
     assert rejected.code("data") == 550
     assert "no casinos" in rejected.text("data")
+
+
+SEED = Path(__file__).resolve().parents[3] / "shared" / "rules" / "header_checks.seed-spammers"
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="seed rules not available")
+def test_seed_rules_let_mail_through_in_postfix_and_in_the_milter(
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+    sink: SmtpSink,
+) -> None:
+    # The seed file's REJECT lines have U+00A0 between REJECT and the text:
+    # Postfix reads "REJECT\u00a0\u00a0..." as an unknown action, logs it and
+    # delivers. The milter reaches the same verdict (and said so at start).
+    lines = SEED.read_text(encoding="utf-8").splitlines()
+    native = postfix_factory(header_checks=lines)
+    config = postwarden_config(
+        milters=("headers",),
+        overrides={"milters": {"headers": {"header_checks": [str(SEED)]}}},
+    )
+    service = postwarden_service(config, "milter", "headers")
+    ours = postfix_factory(smtpd_milters=[config.socket("headers")])
+    data = make_message(subject="seminar", extra_headers={"Reply-To": "x@seminaria.gr"})
+    theirs_result = native.send("a@example.org", "b@example.net", data)
+    ours_result = ours.send("a@example.org", "b@example.net", data)
+    assert theirs_result.accepted and ours_result.accepted
+    native.wait_for_log("unknown command")
+    sink.wait_for(2)
+    service.wait_for_log("seed-spammers:14")
