@@ -159,10 +159,12 @@ def body_lines(
                 continue
         if part_bytes >= part_limit:
             continue
+        room = part_limit - part_bytes
         part_bytes += len(line) + 1
         if not line:
             continue  # Postfix: empty lines never match
-        for start in range(0, len(line), line_limit):
+        # body_checks_size_limit bounds the inspected bytes, even within one line.
+        for start in range(0, min(len(line), max(room, 1)), line_limit):
             chunk_end = min(start + line_limit, len(line))
             yield RawLine(
                 LineClass.BODY, line[start:chunk_end], start=here + start, end=here + chunk_end

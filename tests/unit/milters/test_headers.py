@@ -336,3 +336,11 @@ def test_body_edits_are_not_applied_to_a_truncated_body(tmp_path: Path) -> None:
     v = e.evaluate(m, ENV)
     assert v.new_body is None
     assert "max_body_size" in v.details["matches"][0]["note"]  # type: ignore[index]
+
+
+def test_body_inspection_stops_at_body_checks_size_limit(tmp_path: Path) -> None:
+    e, _ = engine(tmp_path, body="/needle/ REJECT found\n", body_checks_size_limit="1KB")
+    early = msg("Subject: s\n\nneedle\n" + "x" * 5000 + "\n")
+    late = msg("Subject: s\n\n" + "x" * 5000 + "needle\n")
+    assert e.evaluate(early, ENV).action is Action.REJECT
+    assert e.evaluate(late, ENV).action is Action.ACCEPT
