@@ -210,11 +210,12 @@ def smtp_send(
         if not any_rcpt or data is None:
             client.rset()
             return result
+        reply: bytes | str
         try:
-            code, text = client.data(data)
+            code, reply = client.data(data)
         except smtplib.SMTPDataError as exc:  # no 354: the refusal of DATA itself
-            code, text = exc.smtp_code, exc.smtp_error
-        result.replies["data"] = (code, _decode(text))
+            code, reply = exc.smtp_code, exc.smtp_error
+        result.replies["data"] = (code, _decode(reply))
         return result
     except smtplib.SMTPServerDisconnected as exc:
         result.replies["disconnect"] = (-1, str(exc))
@@ -458,17 +459,39 @@ class PostfixInstance:
     def reload(self) -> None:
         """Rewrite main.cf/master.cf from `options` and `postfix reload`.
 
-        The smtpd port is kept, so a reload never changes where tests send.
+        Asynchronous, as in production: master rereads its files and running
+        smtpd processes finish at their convenience (postfix(1) "reload"), so
+        an idle old smtpd may still take the next connection. Returns once
+        master logged the reload. Use `restart()` when a test needs the new
+        settings on the very next connection.
         """
         self._write_config()
+        before = self.log_text().count("reload -- version")
         self._postfix("reload")
+        deadline = time.monotonic() + 30
+        while self.log_text().count("reload -- version") <= before:
+            if time.monotonic() >= deadline:
+                raise PostfixError(f"master never logged the reload:\n{self.log_tail()}")
+            time.sleep(0.02)
 
-    def set_main(self, **params: str) -> None:
-        """Change main.cf parameters and reload (like `postconf -e; postfix reload`)."""
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop and start on the same port and queue: new settings apply at once."""
+        self._postfix("stop", check=False)
+        self._kill_leftovers()
+        self._write_config()
+        self._postfix("start")
+        self.master_pid = self._read_master_pid()
+        wait_for_banner(self.host, self.port, timeout)
+
+    def set_main(self, *, restart: bool = True, **params: str) -> None:
+        """Change main.cf parameters, then restart (default) or reload."""
         merged = dict(self.options.main_cf)
         merged.update(params)
         self.options.main_cf = merged
-        self.reload()
+        if restart:
+            self.restart()
+        else:
+            self.reload()
 
     def stop(self, remove: bool = True) -> None:
         """Stop master and every child it left; never raises. Then rm the tree."""

@@ -166,6 +166,7 @@ def test_header_checks_hold_puts_message_in_hold_queue(
     assert postfix.wait_for_hold(1) == [held.queue_id]
     [received] = sink.wait_for(1)
     assert received.header("Subject") == "let me through"
+    assert held.queue_id is not None
     assert held.queue_id in postfix.wait_for_log("hold: header Subject: quarantine me")
 
 
@@ -200,3 +201,40 @@ def test_sink_failure_defers_then_flush_delivers(
     postfix.flush()
     [received] = sink.wait_for(1)
     assert received.header("Subject") == "retry me"
+
+
+def test_end_of_data_policy_service_sees_end_of_message_state(
+    postfix_factory: PostfixFactory, policy_responder: _PolicyServer, sink: SmtpSink
+) -> None:
+    socket = f"unix:{policy_responder.server_address}"
+    postfix = postfix_factory(end_of_data_policy_services=[socket])
+
+    result = postfix.send("alice@example.org", ["bob@example.net", "carol@example.net"])
+
+    assert result.accepted, result.replies
+    states = [r["protocol_state"] for r in policy_responder.requests]
+    assert states == ["END-OF-MESSAGE"]
+    assert policy_responder.requests[0]["recipient_count"] == "2"
+    sink.wait_for(1)
+
+
+def test_set_main_applies_new_settings_on_the_same_port(
+    postfix_factory: PostfixFactory, sink: SmtpSink
+) -> None:
+    postfix = postfix_factory()
+    port = postfix.port
+    assert postfix.send().accepted
+
+    postfix.set_main(smtpd_recipient_restrictions="reject")
+
+    assert postfix.port == port
+    assert postfix.send().rcpt_codes() == {"rcpt@example.net": 554}
+
+
+def test_reload_is_logged_by_master(postfix_factory: PostfixFactory) -> None:
+    postfix = postfix_factory()
+
+    postfix.set_main(restart=False, smtpd_banner="$myhostname ESMTP reloaded")
+
+    assert "reload -- version" in postfix.log_text()
+    assert postfix.running()
