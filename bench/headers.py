@@ -1,7 +1,8 @@
 """Messages/s through Postfix: the seed header_checks file in the headers milter,
 the same file in Postfix's own `header_checks`, and no checks, in one run.
 
-Configurations (interleaved per round, as bench/throughput.py does):
+Configurations (interleaved per round, as bench/throughput.py does, with the
+order rotated every round):
 
 - `none`: Postfix alone;
 - `postfix`: `header_checks = regexp:<seed file>` inside Postfix's cleanup;
@@ -104,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     with HeadersBench(args) as bench:
         for round_no in range(1, args.rounds + 1):
-            for config in CONFIGS:
+            # Rotate the order each round: the first run of a round is not
+            # always the same configuration (measured: position matters).
+            shift = (round_no - 1) % len(CONFIGS)
+            for config in CONFIGS[shift:] + CONFIGS[:shift]:
                 result = bench.run_one(config, round_no)
                 results.append(result)
                 _log(
