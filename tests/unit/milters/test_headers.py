@@ -344,3 +344,19 @@ def test_body_inspection_stops_at_body_checks_size_limit(tmp_path: Path) -> None
     late = msg("Subject: s\n\n" + "x" * 5000 + "needle\n")
     assert e.evaluate(early, ENV).action is Action.REJECT
     assert e.evaluate(late, ENV).action is Action.ACCEPT
+
+
+def test_filter_is_recorded_and_mapped_to_the_configured_header(tmp_path: Path) -> None:
+    e, _ = engine(
+        tmp_path, "/^X-Route:/ FILTER smtp:[relay.example]:25\n", filter_header="X-Filter"
+    )
+    v = e.evaluate(msg("X-Route: 1\n\nx\n"), ENV)
+    assert v.details["filter"] == "smtp:[relay.example]:25"
+    assert [(h.name, h.value) for h in v.header_edits] == [("X-Filter", "smtp:[relay.example]:25")]
+
+
+def test_pass_stops_inspection_and_strip_deletes_the_header(tmp_path: Path) -> None:
+    e, _ = engine(tmp_path, "/^X-Strip:/ STRIP gone\n/^X-Trusted:/ PASS\n/^Subject:/ REJECT\n")
+    v = e.evaluate(msg("X-Strip: 1\nX-Trusted: yes\nSubject: s\n\nx\n"), ENV)
+    assert v.action is Action.ADD_HEADER
+    assert [(x.op, x.name) for x in v.header_edits] == [(HeaderOp.DELETE, "X-Strip")]
