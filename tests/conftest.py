@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.base_events
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +24,13 @@ from postwarden.store.client import AsyncStore, Store, open_async_store, open_st
 from postwarden.store.embedded import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
+
+if os.environ.get("PYTHONASYNCIODEBUG"):
+    # The debug run exists to catch blocking calls in coroutines (STYLE.md: a
+    # pyspf or Redis call on the loop stalls every Postfix connection). Real
+    # blocking shows up as hundreds of ms; 0.25 s keeps a busy CI machine's
+    # scheduling jitter from posing as one.
+    asyncio.base_events.BaseEventLoop.slow_callback_duration = 0.25
 SHARED = REPO.parent / "shared"
 
 

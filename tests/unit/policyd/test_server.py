@@ -216,10 +216,10 @@ def test_redis_down_gives_fallback_and_service_recovers_without_restart(
             assert await exchange(path, req(recipient="reject@x"), 1) == [
                 b"action=550 5.7.1 no thanks\n\n"
             ]
-            private.stop()
+            await asyncio.to_thread(private.stop)
             out = await exchange(path, req(recipient="reject@x"), 1)
             assert out == [b"action=451 4.3.0 Temporary local problem, please try again later\n\n"]
-            private.start()
+            await asyncio.to_thread(private.start)
             out = await exchange(path, req(recipient="reject@x"), 1)
             assert out == [b"action=550 5.7.1 no thanks\n\n"]
         await store.close()
