@@ -263,3 +263,26 @@ def test_noop_engine_stamps_the_queue_id(monkeypatch: pytest.MonkeyPatch) -> Non
     ctx._connect()
     assert ctx._feedFile(io.BytesIO(RAW), "a@b.example", "c@d.example") == Milter.ACCEPT
     assert ctx.added == [("X-Postwarden-Noop", "ABC123", -1)]
+
+
+def test_body_and_recipient_changes_are_applied(
+    engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.needs = Needs(change_body=True, change_recipients=True)
+    engine.verdict = Verdict(
+        new_body=b"replaced\r\n",
+        add_recipients=("archive@example.net",),
+        remove_recipients=("carol@example.net",),
+    )
+    rc, ctx = feed(engine, monkeypatch)
+    assert rc == Milter.ACCEPT
+    assert ctx._bodyreplaced
+    assert ctx._addrcpt == [("<archive@example.net>", None)]
+    assert ctx._delrcpt == ["<carol@example.net>"]
+
+
+def test_action_flags_follow_needs() -> None:
+    assert adapter.action_flags(Needs(add_headers=True)) == Milter.ADDHDRS
+    flags = adapter.action_flags(Needs(change_headers=True, quarantine=True))
+    assert flags & Milter.CHGHDRS and flags & Milter.QUARANTINE
+    assert not flags & Milter.CHGBODY
