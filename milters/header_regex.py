@@ -36,10 +36,17 @@ the worker is restarted.
 A pattern neither engine can run (PCRE recursion, `\\G`, `\\K`, callouts) is
 reported as a problem with its file:line and skipped.
 
+Checked by generated patterns against glibc itself (ctypes, C locale) and
+against `postmap -q pcre:` (tests/unit/milters/test_regexp_table_oracle.py).
+glibc quirks reproduced: under REG_ICASE an escaped lower-case letter that is
+no operator (`\\d`) matches nothing, ranges are lowered first (`[Z-a]` is
+invalid), and a `^`/`$` inside a branch also matches at a newline.
+
 Known, deliberate approximations: POSIX leftmost-longest *submatch* rules
 differ from RE2's (only `$n` substitution text can differ, never whether a
-rule matches); PCRE's `\\s` includes VT, RE2's does not inside a negated
-class `[^\\s]`.
+rule matches); glibc's mid-pattern `$` matches before a newline only in some
+contexts, postwarden before any newline; PCRE's `\\s` includes VT, RE2's
+does not inside a negated class `[^\\s]`.
 """
 
 from __future__ import annotations
@@ -309,10 +316,18 @@ class PosixTranslator:
                 return self._group(1)
             if ch == "^":
                 self.i += 1
-                return _Node("^", "^", quantifiable=False)
+                if start or self.newline:
+                    return _Node("^", "^", quantifiable=False)
+                # glibc, measured: a '^' inside a branch also matches just
+                # after a newline, even without REG_NEWLINE.
+                return _Node("(?m:^)", "(?m:^)", quantifiable=False)
             if ch == "$":
                 self.i += 1
-                return _Node("$" if self.newline else "\\z", "$" if self.newline else "\\Z", False)
+                if self.newline:
+                    return _Node("$", "$", quantifiable=False)
+                if self._peek() in (None, ord(")"), ord("|")):
+                    return _Node("\\z", "\\Z", quantifiable=False)
+                return _Node("(?m:$)", "(?m:$)", quantifiable=False)  # as '^' above
         else:
             if ch == "*" and start:
                 self.i += 1
@@ -473,14 +488,30 @@ class PosixTranslator:
 
 
 def _fold_ranges(items: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Add the other ASCII case of every letter a range covers (C locale)."""
-    out = list(items)
+    """glibc with REG_ICASE in the C locale: range ends and input are lowered
+    first, so `[A-C]` is {a, b, c, A, B, C} and `[Z-a]` is an invalid range."""
+    member = [False] * 256
     for lo, hi in items:
-        for base, other in ((ord("a"), ord("A")), (ord("A"), ord("a"))):
-            a, b = max(lo, base), min(hi, base + 25)
-            if a <= b:
-                out.append((a - base + other, b - base + other))
+        lo_l, hi_l = _lower(lo), _lower(hi)
+        if lo_l > hi_l:
+            raise PatternError("invalid range in bracket expression (end before start)")
+        for c in range(256):
+            if lo_l <= _lower(c) <= hi_l:
+                member[c] = True
+    out: list[tuple[int, int]] = []
+    c = 0
+    while c < 256:
+        if member[c]:
+            start = c
+            while c + 1 < 256 and member[c + 1]:
+                c += 1
+            out.append((start, c))
+        c += 1
     return out
+
+
+def _lower(c: int) -> int:
+    return c + 32 if 0x41 <= c <= 0x5A else c
 
 
 def compile_posix(
@@ -538,6 +569,11 @@ _PCRE_IN_CLASS = {
     "e": "\\x1b",
     "s": "\\t\\n\\x0b\\f\\r ",
 }
+_GROUP_OPENER = re.compile(
+    rb"\(\?(?:#[^)]*\)|(?:P?<|')(?P<name>\w+)[>']|<[=!]|[=!>:|]|P[=>]\w+\)|&\w+\)"
+    rb"|R\)|\d+\)|[+-]\d+\)|\(|C\d*\)|[a-zA-Z]*(?:-[a-zA-Z]*)?[:)])"
+)
+_PCRE_INTERVAL = re.compile(rb"\{\d+(?:,\d*)?\}")
 _UNSUPPORTED = {"G": "\\G", "K": "\\K", "X": "\\X", "C": "\\C"}
 
 
@@ -574,6 +610,8 @@ class _PcreScan:
         self.py: list[str] = []
         self.fallback = ""
         self.groups = 0
+        self.prev = "start"  # what the last item was: start | atom | assert | quant
+        self.scoped: list[list[str]] = [[]]  # per group level: open (?flags: groups
 
     def need(self, why: str) -> None:
         if not self.fallback:
@@ -582,6 +620,7 @@ class _PcreScan:
     def emit(self, both: str, py: str | None = None) -> None:
         self.re2.append(both)
         self.py.append(both if py is None else py)
+        self.prev = "atom"
 
     def run(self) -> None:
         p, i, n = self.p, 0, len(self.p)
@@ -599,8 +638,15 @@ class _PcreScan:
                     end = p.find(b":]", i + 2)
                     if end < 0:
                         raise PatternError("missing terminating ] for character class")
-                    self.emit(p[i : end + 2].decode("latin-1"))
+                    name = p[i + 2 : end].decode("latin-1")
+                    if name not in _CLASSES:
+                        raise PatternError(f"unknown POSIX class name [:{name}:]")
+                    self.emit(_CLASSES[name])  # byte mode: ASCII members only
                     i = end + 2
+                    continue
+                if c == "[":
+                    self.emit("\\[")
+                    i += 1
                     continue
                 if c == "\\" and i + 1 < n:
                     e = chr(p[i + 1])
@@ -617,6 +663,27 @@ class _PcreScan:
                 continue
             if extended and c in " \t\n\r\x0b\f":
                 i += 1
+                continue
+            if c in "*+?{":
+                if c == "{" and not _PCRE_INTERVAL.match(p, i):
+                    self.emit("\\{")  # PCRE: not a quantifier, a literal brace
+                    i += 1
+                    self.prev = "atom"
+                    continue
+                if self.prev in ("start", "assert", "quant"):
+                    raise PatternError("quantifier does not follow a repeatable item")
+                m = _PCRE_INTERVAL.match(p, i) if c == "{" else None
+                q = m.group(0).decode("ascii") if m else c
+                i = m.end() if m else i + 1
+                if i < n and p[i] == ord("?"):
+                    q += "?"
+                    i += 1
+                elif i < n and p[i] == ord("+"):
+                    self.need("possessive quantifier")
+                    q += "+"
+                    i += 1
+                self.emit(q)
+                self.prev = "quant"
                 continue
             if extended and c == "#":
                 while i < n and p[i] != ord("\n"):
@@ -640,13 +707,19 @@ class _PcreScan:
                 i += 2
                 if e in _UNSUPPORTED:
                     raise PatternError(f"{_UNSUPPORTED[e]} is not supported by postwarden")
+                if e in "FLlUu" or (
+                    e == "N" and p[i : i + 1] == b"{" and not _PCRE_INTERVAL.match(p, i)
+                ):
+                    raise PatternError(f"PCRE2 does not support \\{e} here")
                 if e in _PCRE_ESCAPES:
                     self.emit(_PCRE_ESCAPES[e])
                 elif e == "Z":
                     self.need("\\Z")
                     self.emit("\\z", "(?=\\n?\\Z)")
+                    self.prev = "assert"
                 elif e == "z":
                     self.emit("\\z", "\\Z")
+                    self.prev = "assert"
                 elif e.isdigit() and e != "0":
                     self.need("back-reference")
                     self.emit("\\" + e)
@@ -667,54 +740,92 @@ class _PcreScan:
                     pass
                 elif e.isascii() and e.isalnum():
                     self.emit("\\" + e)
+                    if e in "bBA":
+                        self.prev = "assert"
                 else:
                     self.emit(self._lit(p[i - 1]))  # escaped punctuation or 8-bit byte
                 continue
             if c == "(":
-                rest = p[i + 1 : i + 4]
-                if rest.startswith(b"?"):
-                    if rest[1:2] in (b"=", b"!") or rest[1:3] in (b"<=", b"<!"):
-                        self.need("look-around")
-                    elif rest[1:2] == b">":
-                        self.need("atomic group")
-                    elif rest[1:2] == b"#":
-                        end = p.find(b")", i)
-                        i = n if end < 0 else end + 1
-                        continue
-                    elif rest[1:3] == b"P=":
-                        self.need("back-reference")
-                    elif rest[1:3] == b"P>":
-                        raise PatternError("recursion is not supported by postwarden")
-                    elif rest[1:2] == b"<" or rest[1:2] == b"'" or rest[1:3] == b"P<":
-                        m = re.match(rb"\(\?(?:P?<|')(\w+)[>']", p[i:])
-                        if m:
-                            self.groups += 1
-                            name = m.group(1).decode("latin-1")
-                            self.emit(f"(?P<{name}>")
-                            i += m.end()
-                            continue
-                    elif rest[1:2] in (b"R", b"(", b"C", b"&", b"|") or rest[1:2].isdigit():
-                        raise PatternError(
-                            "recursion, conditionals and callouts are not supported by postwarden"
-                        )
-                else:
-                    self.groups += 1
-                self.emit("(")
+                i = self._open_group(i)
+                continue
+            if c == ")":
+                if len(self.scoped) > 1:
+                    self.emit(")" * len(self.scoped.pop()))
+                self.emit(")")
                 i += 1
                 continue
-            if c in "*+?}" and i + 1 < n and p[i + 1] == ord("+"):
-                self.need("possessive quantifier")
-                self.emit(c + "+")
-                i += 2
+            if c == "|":
+                flags_here = self.scoped[-1]
+                self.emit(")" * len(flags_here) + "|" + "".join(f"(?{f}:" for f in flags_here))
+                self.prev = "start"
+                i += 1
                 continue
             if c == "$" and self.f.dollar_endonly and not self.f.multiline:
                 self.emit("\\z", "\\Z")
+                self.prev = "assert"
                 i += 1
                 continue
             self.emit(self._lit(p[i]) if p[i] >= 0x80 else c)
+            if c in "^$":
+                self.prev = "assert"
+            elif c == "|":
+                self.prev = "start"
             i += 1
         if in_class:
             raise PatternError("missing terminating ] for character class")
+        self.emit(")" * len(self.scoped[0]))
+
+    def _open_group(self, i: int) -> int:
+        """Emit one group opener at p[i] == "(" and return the next index.
+
+        An option setting in mid-pattern, `(?i)`, becomes a scoped group
+        `(?i:` closed at the next `|` or `)` of its level (and reopened after
+        `|`), which is what PCRE means and what Python's `re` accepts.
+        """
+        p = self.p
+        m = _GROUP_OPENER.match(p, i)
+        if m is None:
+            if p[i + 1 : i + 2] == b"?":
+                raise PatternError(
+                    "unsupported group syntax (?...; recursion, conditionals and callouts "
+                    "are not supported by postwarden"
+                )
+            self.groups += 1
+            self.emit("(")
+            self.scoped.append([])
+            self.prev = "start"
+            return i + 1
+        text = m.group(0).decode("latin-1")
+        if text.startswith("(?#"):
+            return m.end()
+        kind = text[2:]
+        if kind in ("=", "!", "<=", "<!"):
+            self.need("look-around")
+        elif kind == ">":
+            self.need("atomic group")
+        elif (
+            kind.startswith(("P=", "P>", "&"))
+            or kind[:1] in ("R", "(", "C", "|", "+")
+            or (kind[:1].isdigit())
+        ):
+            raise PatternError(
+                "recursion, conditionals and callouts are not supported by postwarden"
+            )
+        if text.endswith(")"):  # (?flags): applies to the rest of this level
+            flags = text[2:-1]
+            self.emit(f"(?{flags}:")
+            self.scoped[-1].append(flags)
+            self.prev = "start"
+            return m.end()
+        name = m.group("name")
+        if name is not None:
+            self.groups += 1
+            self.emit(f"(?P<{name.decode('latin-1')}>")
+        else:
+            self.emit(text)
+        self.scoped.append([])
+        self.prev = "start"
+        return m.end()
 
     def _lit(self, b: int) -> str:
         if b >= 0xC0 and self.f.icase:
