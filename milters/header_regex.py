@@ -248,12 +248,29 @@ class PosixTranslator:
         return "".join(out2), "".join(outp)
 
     def _repeats(self, node: _Node) -> _Node:
+        repeated = False
         while True:
+            mark = self.i
             q = self._quantifier()
             if q is None:
                 return node
-            if not node.quantifiable:
+            if not self.ere:
+                # glibc BRE, measured: after an anchor `*`, `\\+`, `\\?` are
+                # literal and an interval is an error; after a repetition only
+                # `\\+` and `\\?` may follow.
+                if q.startswith("{") and (repeated or not node.quantifiable):
+                    raise PatternError("interval \\{...\\} with nothing to repeat")
+                if not node.quantifiable:
+                    text = self.p[mark : self.i].replace(b"\\", b"")
+                    lit = "".join(_byte_lit(b) for b in text)
+                    prefix, node = node, _Node(lit, lit)
+                    rest = self._repeats(node)
+                    return _Node(prefix.re2 + rest.re2, prefix.py + rest.py, quantifiable=False)
+                if repeated and q == "*":
+                    raise PatternError("repetition of a repetition (basic regular expression)")
+            elif not node.quantifiable:
                 raise PatternError("repetition operator after nothing to repeat")
+            repeated = True
             # Wrap so that stacked repetitions (legal in POSIX) stay legal in RE2.
             node = _Node(f"(?:{node.re2}){q}", f"(?:{node.py}){q}")
 
@@ -408,8 +425,8 @@ class PosixTranslator:
                 raise PatternError(f"back-reference \\{n} to a group that does not exist (yet)")
             self.needs_fallback = f"back-reference \\{n}"
             return _Node(_NEVER, f"(?:\\{n})")
-        if not self.ere and ch in "{+?":
-            raise PatternError(f"repetition operator \\{ch} with nothing to repeat")
+        if not self.ere and ch == "{":
+            raise PatternError("interval \\{...\\} with nothing to repeat")
         if self.icase and "a" <= ch <= "z":
             # glibc quirk, measured: with REG_ICASE (Postfix's default) an
             # escaped lower-case letter that is not an operator matches nothing.

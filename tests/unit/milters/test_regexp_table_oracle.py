@@ -101,6 +101,32 @@ def test_posix_translation_agrees_with_glibc(
     assert differences == []
 
 
+BRE_ATOMS = [b"a", b"B", b".", b"[ab]", b"\\(a\\)", b"\\(a\\|b\\)", b"(", b")", b"{", b"+", b"?",
+             b"|", b"^", b"*", b"\\{", b"\\}", b"x", b"\\w", b"\\."]  # fmt: skip
+BRE_QUANTS = [b"", b"", b"*", b"\\{2\\}", b"\\{1,2\\}", b"\\+", b"\\?"]
+
+
+@pytest.mark.parametrize("icase", [True, False], ids=["i", "case"])
+def test_basic_syntax_with_x_toggled_off_agrees_with_glibc(glibc: ctypes.CDLL, icase: bool) -> None:
+    rng = random.Random(4)
+    differences = []
+    for _ in range(1500):
+        parts = [rng.choice(BRE_ATOMS) + rng.choice(BRE_QUANTS) for _ in range(rng.randint(1, 3))]
+        pattern = b"".join(parts)
+        expected = _glibc_matches(glibc, pattern, REG_ICASE if icase else 0)
+        try:
+            compiled, _ = compile_posix(pattern, icase=icase, extended=False)
+        except PatternError:
+            got = None
+        else:
+            if compiled.engine != "re2":
+                continue
+            got = [compiled.search(s) is not None for s in SUBJECTS]
+        if got != expected:
+            differences.append(pattern)
+    assert differences == []
+
+
 PCRE_ATOMS = [b"a", b"B", b".", b"[ab]", b"[^a]", b"[[:alpha:]]", b"\\d", b"\\s", b"\\w",
               b"\\b", b"(a|b)", b"(?:ab)", b"^", b"$", b"\\h", b"\\.", b"\xc3\xbc", b"(?i)b",
               b"(?-i)a", b"[\\]a]", b"\\Qa.\\E", b"x", b"(?=a)", b"(?!b)", b"\\Z", b"\\z", b"\\A",
