@@ -235,3 +235,61 @@ def test_seed_rules_let_mail_through_in_postfix_and_in_the_milter(
     native.wait_for_log("unknown command")
     sink.wait_for(2)
     service.wait_for_log("seed-spammers:14")
+
+
+CROSS_LINE = [
+    "/^Subject:.*hold/   HOLD",
+    "/^X-Reject:/        REJECT 5.7.1 x-reject",
+    "/^X-Discard:/       DISCARD",
+    "/^X-Redirect:/      REDIRECT trap@example.net",
+]
+
+
+@pytest.mark.parametrize(
+    ("subject", "extra"),
+    [
+        ("hold then reject", {"X-Reject": "1"}),
+        ("plain discard then reject", {"X-Discard": "1", "X-Reject": "1"}),
+        ("hold then discard", {"X-Discard": "1"}),
+        ("plain redirect then reject", {"X-Redirect": "1", "X-Reject": "1"}),
+        ("hold then redirect", {"X-Redirect": "1"}),
+    ],
+    ids=["hold+reject", "discard+reject", "hold+discard", "redirect+reject", "hold+redirect"],
+)
+def test_several_matching_lines_end_like_postfix_cleanup(
+    tmp_path: Path,
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+    sink: SmtpSink,
+    subject: str,
+    extra: dict[str, str],
+) -> None:
+    # Given the same table in Postfix's header_checks and in the milter
+    table = tmp_path / "cross"
+    table.write_text("\n".join(CROSS_LINE) + "\n")
+    config = postwarden_config(
+        milters=("headers",),
+        overrides={"milters": {"headers": {"header_checks": [str(table)]}}},
+    )
+    postwarden_service(config, "milter", "headers")
+    native = postfix_factory(header_checks=CROSS_LINE)
+    ours = postfix_factory(smtpd_milters=[config.socket("headers")])
+    data = make_message(subject=subject, extra_headers=extra)
+    # When one message whose lines hit several rules goes to each
+    outcomes = []
+    for postfix in (native, ours):
+        sink.clear()
+        result = postfix.send("a@example.org", "b@example.net", data)
+        held = postfix.hold_queue() if result.accepted else []
+        if result.accepted and not held and "discard" not in subject:
+            delivered = sink.wait_for(1)[0].rcpt_tos
+        else:
+            delivered = ()
+        outcomes.append((result.code("data"), result.text("data")[:40], len(held), delivered))
+    # Then the client reply, the hold queue and the delivery are the same
+    (theirs, mine) = outcomes
+    assert mine[0] == theirs[0]
+    if theirs[0] != 250:
+        assert mine[1] == theirs[1]
+    assert mine[2:] == theirs[2:]
