@@ -26,8 +26,12 @@ Every decision is logged with the rule's file:line (and the queue ID from the
 logging context), and `Verdict.details` carries it for `postwarden scan`.
 
 Deliberate differences from Postfix, beyond decoding: headers are matched as
-`Name: value` rebuilt from what the milter protocol delivers (Postfix sees
-the client's exact spacing after the colon); PREPEND/REPLACE/IGNORE on body
+`Name: value` rebuilt from what the milter protocol delivers. Postfix gives
+milters the value after one space following the colon, so "Subject:  x"
+(two spaces) is seen exactly, but "Subject:x" and "Subject:<TAB>x" arrive as
+if written "Subject: x" / "Subject: <TAB>x" (measured with Postfix 3.7):
+a rule written for the missing space (`/^Subject:x/`) does not fire here,
+while header_checks would fire it. PREPEND/REPLACE/IGNORE on body
 lines and MIME part headers rewrite the body (milter replacebody), except
 when the body was cut at max_body_size or the match was on decoded text
 (then they are logged, not applied); FILTER is logged (and
