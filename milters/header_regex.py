@@ -93,6 +93,7 @@ class Compiled:
     _py_flags: int = 0
     fallback: FallbackRunner | None = field(default=None, repr=False)
     why_fallback: str = ""
+    re2_text: bytes = b""  # the translated pattern, for prefilter sets
 
     def search(self, subject: bytes) -> Match | None:
         if self._re2 is not None:
@@ -117,6 +118,42 @@ def _re2_options(*, case_sensitive: bool = True) -> re2.Options:
     opts.case_sensitive = case_sensitive
     opts.max_mem = 32 << 20
     return opts
+
+
+class Prefilter:
+    """Which of many RE2 patterns can match a subject, in one pass per chunk.
+
+    RE2::Set runs one DFA over the subject for all patterns, so a table of
+    thousands of rules costs about one search per header instead of one per
+    rule. Each chunk carries an always-matching sentinel: if the DFA gives up
+    (RE2 can run out of its memory budget on hostile input), the sentinel is
+    missing from the answer and the caller falls back to testing every rule.
+    """
+
+    CHUNK = 1024
+
+    def __init__(self, patterns: list[bytes]) -> None:
+        self.chunks: list[object] = []
+        for start in range(0, len(patterns), self.CHUNK):
+            opts = _re2_options()
+            opts.max_mem = 64 << 20
+            rset = re2.Set.SearchSet(opts)
+            rset.Add(b"")  # index 0: the sentinel
+            for text in patterns[start : start + self.CHUNK]:
+                rset.Add(text)
+            rset.Compile()
+            self.chunks.append(rset)
+
+    def candidates(self, subject: bytes) -> set[int] | None:
+        """Indices (into `patterns`) that match; None when RE2 gave up."""
+        out: set[int] = set()
+        for n, rset in enumerate(self.chunks):
+            hits = rset.Match(subject)  # type: ignore[attr-defined]
+            if not hits or 0 not in hits:
+                return None
+            base = n * self.CHUNK - 1
+            out.update(base + h for h in hits if h)
+        return out
 
 
 def _compile_re2(pattern: str, *, longest: bool) -> object | None:
@@ -545,7 +582,8 @@ def compile_posix(
     if not tr.needs_fallback:
         compiled = _compile_re2(re2_text, longest=True)
         if compiled is not None:
-            return Compiled(pattern, "re2", tr.groups, _re2=compiled), tr.notes
+            text = re2_text.encode("latin-1")
+            return Compiled(pattern, "re2", tr.groups, _re2=compiled, re2_text=text), tr.notes
         tr.needs_fallback = "not expressible in RE2"
     try:
         re.compile(py_text.encode("latin-1"))
@@ -879,7 +917,8 @@ def compile_pcre(
         compiled = _compile_re2(re2_text, longest=False)
         if compiled is not None:
             groups = compiled.groups  # type: ignore[attr-defined]
-            return Compiled(pattern, "re2", groups, _re2=compiled)
+            text = re2_text.encode("latin-1")
+            return Compiled(pattern, "re2", groups, _re2=compiled, re2_text=text)
         scan.need("not expressible in RE2")
     if flags.ungreedy:
         raise PatternError(f"the U flag cannot be combined with {scan.fallback}")

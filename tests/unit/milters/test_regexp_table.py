@@ -138,3 +138,39 @@ def test_pcre_free_spacing_strips_whitespace_and_comments() -> None:
 def test_pcre_recursion_is_refused_with_a_reason() -> None:
     with pytest.raises(PatternError, match="not supported"):
         compile_pcre(b"(a(?R)?b)", PcreFlags())
+
+
+def _big_table() -> Table:
+    lines = [f"/^From:.*@spam{n}\\.example$/ REJECT spam {n}" for n in range(2000)]
+    lines.insert(500, "!/^(From|To|Subject):/ DUNNO other header")
+    lines.insert(1000, "if /^Subject:/")
+    lines.insert(1001, "/free (money|pills)/ REJECT subject $1")
+    lines.insert(1002, "endif")
+    return table("\n".join(lines) + "\n")
+
+
+BIG_KEYS = [
+    "From: a@spam1999.example",
+    "From: a@spam7.example",
+    "From: a@spam7.example.org",
+    "Subject: free pills",
+    "X-Other: free pills",
+    "To: b@example.net",
+]
+
+
+def test_large_table_prefilter_gives_the_same_first_hit_as_walking_every_rule() -> None:
+    t = _big_table()
+    assert t._prefilter is not None
+    with_filter = [result(t, k) for k in BIG_KEYS]
+    t._prefilter = None
+    assert with_filter == [result(t, k) for k in BIG_KEYS]
+    assert with_filter[:4] == ["REJECT spam 1999", "REJECT spam 7", None, "REJECT subject pills"]
+    assert with_filter[4] == "DUNNO other header"
+
+
+def test_prefilter_that_gives_up_falls_back_to_every_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = _big_table()
+    assert t._prefilter is not None
+    monkeypatch.setattr(t._prefilter, "candidates", lambda subject: None)
+    assert result(t, "From: a@spam1999.example") == "REJECT spam 1999"
