@@ -18,9 +18,10 @@ BCC ... continue), and then does what Postfix cannot:
    with `mode: warn` (logged and stamped in `X-Postwarden-Warn`, never acted
    on; a warn-mode rule does not stop the search for the line).
 
-Order per line: table files in the order configured (first hit wins, as
-`header_checks = regexp:a, regexp:b`), raw form before decoded form, then the
-YAML rules. A DUNNO/OK hit ends the search for that line.
+Order per line: the raw form through the table files in the order configured
+(first hit wins, as `header_checks = regexp:a, regexp:b`); only when no table
+matched the raw form, the decoded form through the same tables; then the YAML
+rules. A DUNNO/OK hit ends the search for that line.
 
 Every decision is logged with the rule's file:line (and the queue ID from the
 logging context), and `Verdict.details` carries it for `postwarden scan`.
@@ -204,8 +205,10 @@ class HeadersEngine:
                 dec = dec_text.encode("utf-8", "surrogateescape")
                 if dec != raw:
                     forms.append(("decoded", dec))
-        for table in self.tables[cls]:
-            for form, key in forms:
+        # Raw through every table first: whenever Postfix would match, the
+        # same rule decides here; the decoded form only gets what is left.
+        for form, key in forms:
+            for table in self.tables[cls]:
                 hit = table.lookup(key)
                 if hit is None:
                     continue

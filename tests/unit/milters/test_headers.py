@@ -360,3 +360,13 @@ def test_pass_stops_inspection_and_strip_deletes_the_header(tmp_path: Path) -> N
     v = e.evaluate(msg("X-Strip: 1\nX-Trusted: yes\nSubject: s\n\nx\n"), ENV)
     assert v.action is Action.ADD_HEADER
     assert [(x.op, x.name) for x in v.header_edits] == [(HeaderOp.DELETE, "X-Strip")]
+
+
+def test_raw_match_in_a_later_table_beats_decoded_match_in_an_earlier_one(tmp_path: Path) -> None:
+    (tmp_path / "first").write_text("/^Subject: free money/ REJECT decoded hit\n")
+    (tmp_path / "second").write_text("/^Subject: =\\?utf-8\\?/ WARN raw hit\n")
+    tables = [str(tmp_path / "first"), str(tmp_path / "second")]
+    e, _ = engine(tmp_path, header_checks=tables)
+    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV)
+    assert v.action is Action.ACCEPT  # as Postfix: the raw WARN in the second table
+    assert v.details["matches"][0]["text"] == "raw hit"  # type: ignore[index]
