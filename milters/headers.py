@@ -450,7 +450,10 @@ class HeadersEngine:
         details: dict[str, object] = {}
         final = state.final
         if final is not None:
-            details.update(final.as_dict())
+            top = final.as_dict()
+            # `action` in scan output is the verdict's; the rule's verb is rule_action.
+            top["rule_action"] = top.pop("action")
+            details.update(top)
         if state.decisions or warns:
             details["matches"] = [d.as_dict() for d in state.decisions + warns]
         if state.reject is not None:

@@ -13,6 +13,7 @@ from milters.header_actions import Context, Verb, parse_action, reject_reply
 from milters.header_lines import LineClass
 from milters.message import Action, Envelope, HeaderOp, Message
 from milters.regexp_table import MatchRule
+from postwarden.cli.scan import ScanResult
 from postwarden.config import load_config_text
 from postwarden.config.errors import ConfigProblem
 
@@ -370,3 +371,14 @@ def test_raw_match_in_a_later_table_beats_decoded_match_in_an_earlier_one(tmp_pa
     v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV)
     assert v.action is Action.ACCEPT  # as Postfix: the raw WARN in the second table
     assert v.details["matches"][0]["text"] == "raw hit"  # type: ignore[index]
+
+
+def test_scan_json_keeps_the_verdict_action_and_shows_rule_form_and_reply(tmp_path: Path) -> None:
+    e, _ = engine(tmp_path, "/^Subject:.*free money/ REJECT 5.7.1 no\n")
+    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV)
+    out = ScanResult("m.eml", v.action, 0.0, None, {"headers": v}).as_json()["milters"]["headers"]
+    assert out["action"] == "reject"
+    assert out["rule_action"] == "REJECT"
+    assert out["rule"].endswith("header_checks:1")
+    assert out["form"] == "decoded"
+    assert out["reply"] == "550 5.7.1 no"
