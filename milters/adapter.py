@@ -325,16 +325,31 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
 
 
 def warn_only(name: str, verdict: Verdict) -> Verdict:
-    """mode: warn — keep harmless edits, turn a final action into a header."""
-    if verdict.action in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT):
+    """mode: warn — nothing a milter on trial does may lose or alter mail.
+
+    Added headers stay (they only add information); a final action, a body
+    rewrite, a changed or deleted header and recipient changes are dropped
+    and named in one X-Postwarden-Warn header instead.
+    """
+    additive = tuple(e for e in verdict.header_edits if e.op in (HeaderOp.ADD, HeaderOp.INSERT))
+    withheld: list[str] = []
+    if verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT):
+        withheld.append(verdict.action.value)
+    if len(additive) != len(verdict.header_edits):
+        withheld.append("change headers")
+    if verdict.new_body is not None:
+        withheld.append("rewrite the body")
+    if verdict.add_recipients or verdict.remove_recipients:
+        withheld.append("change recipients")
+    if not withheld:
         return verdict
-    text = f"{name} would {verdict.action.value}"
+    text = f"{name} would {', '.join(withheld)}"
     if verdict.reason:
         text += f": {verdict.reason}"
     return Verdict(
         action=Action.ADD_HEADER,
         reason=f"warn mode: {verdict.reason}",
-        header_edits=(HeaderEdit(HeaderOp.ADD, WARN_HEADER, text),),
+        header_edits=(*additive, HeaderEdit(HeaderOp.ADD, WARN_HEADER, text)),
         symbols=verdict.symbols,
         score=verdict.score,
         required_score=verdict.required_score,

@@ -286,3 +286,26 @@ def test_action_flags_follow_needs() -> None:
     flags = adapter.action_flags(Needs(change_headers=True, quarantine=True))
     assert flags & Milter.CHGHDRS and flags & Milter.QUARANTINE
     assert not flags & Milter.CHGBODY
+
+
+def test_warn_mode_withholds_body_and_header_changes_but_keeps_added_headers(
+    engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.needs = Needs(change_headers=True, change_body=True)
+    engine.verdict = Verdict(
+        Action.ADD_HEADER,
+        reason="rule x",
+        new_body=b"rewritten\r\n",
+        header_edits=(
+            HeaderEdit(HeaderOp.ADD, "X-Info", "1"),
+            HeaderEdit(HeaderOp.DELETE, "Subject", index=1),
+        ),
+    )
+    rc, ctx = feed(engine, monkeypatch, MilterSettings(mode=Mode.WARN))
+    assert rc == Milter.ACCEPT
+    assert not ctx._bodyreplaced
+    assert ctx.changed == []
+    assert ctx.added == [
+        ("X-Info", "1", -1),
+        ("X-Postwarden-Warn", "scripted would change headers, rewrite the body: rule x", -1),
+    ]
