@@ -160,7 +160,11 @@ def test_sigterm_stops_children_and_the_embedded_redis(
     kids = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
+
+    def gone(pid: int) -> Callable[[], bool]:
+        return lambda: not os.path.exists(f"/proc/{pid}")
+
     for pid in kids.values():
-        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), f"child {pid} gone")
+        wait_until(gone(pid), f"child {pid} gone")
     assert not answers(socket_path(tmp_path / "state"))
     assert not os.path.exists(tmp_path / "policy.sock")

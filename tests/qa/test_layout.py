@@ -122,7 +122,9 @@ def test_shipped_config_loads_to_exactly_the_defaults() -> None:
 
 def test_shipped_config_documents_every_key() -> None:
     text = (REPO / "deploy" / "postwarden.yaml").read_text()
-    documented = _yaml_paths(yaml.compose(text, Loader=yaml.SafeLoader))
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert node is not None
+    documented = _yaml_paths(node)
     keys, item_fields = _schema_paths(Settings)
     assert [k for k in keys if k not in documented] == []
     # A list item's key must at least be named (as "name:") somewhere in the file.

@@ -118,7 +118,7 @@ def feed(
     engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch, settings: MilterSettings | None = None
 ) -> tuple[int, RecordingCtx]:
     cls = adapter.adapter_class(engine.needs)
-    cls.slot = adapter.EngineSlot("scripted", engine, settings or MilterSettings())  # type: ignore[arg-type]
+    cls.slot = adapter.EngineSlot("scripted", engine, settings or MilterSettings())
     monkeypatch.setattr(Milter, "factory", cls)
     ctx = RecordingCtx()
     ctx._setsymval("i", "4F2XQ1")
@@ -222,7 +222,7 @@ def test_engine_bug_gets_on_error_tempfail(
 
 def negotiated(needs: Needs, monkeypatch: pytest.MonkeyPatch) -> int:
     cls = adapter.adapter_class(needs)
-    cls.slot = adapter.EngineSlot("x", ScriptedEngine(), MilterSettings())  # type: ignore[arg-type]
+    cls.slot = adapter.EngineSlot("x", ScriptedEngine(), MilterSettings())
     monkeypatch.setattr(Milter, "factory", cls)
     ctx = RecordingCtx(offered=ALL_PROTOCOL)
     ctx._negotiate()

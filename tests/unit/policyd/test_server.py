@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from policyd.server import PolicyServer
 from postwarden.clock import ManualClock
 from postwarden.config.schema import OnError, Settings
 from postwarden.config.sections.common import Mode
-from postwarden.config.units import SocketAddress
+from postwarden.config.units import Duration, SocketAddress
 from postwarden.replies import Reply
 from postwarden.store.client import AsyncStore
 from postwarden.store.embedded import EmbeddedRedis
@@ -58,7 +59,7 @@ async def counts_in_redis(r: PolicyRequest, ctx: CheckContext) -> Decision | Non
     return None
 
 
-def settings_for(tmp: Path, **policyd: object) -> Settings:
+def settings_for(tmp: Path, **policyd: Any) -> Settings:
     s = Settings()
     p = replace(s.policyd, socket=SocketAddress("unix", path=str(tmp / "p.sock")), **policyd)
     return replace(s, policyd=p)
@@ -66,7 +67,7 @@ def settings_for(tmp: Path, **policyd: object) -> Settings:
 
 @asynccontextmanager
 async def running(
-    tmp: Path, checks: list[BuiltCheck], store: AsyncStore | None = None, **policyd: object
+    tmp: Path, checks: list[BuiltCheck], store: AsyncStore | None = None, **policyd: Any
 ) -> AsyncIterator[PolicyServer]:
     s = settings_for(tmp, **policyd)
     ctx = CheckContext(settings=s, store=store, clock=ManualClock())
@@ -209,7 +210,7 @@ def test_redis_down_gives_fallback_and_service_recovers_without_restart(
         from postwarden.config.schema import RedisSettings
         from postwarden.store.client import open_async_store
 
-        store = open_async_store(RedisSettings(prefix="t:", timeout=0.3), private.socket)
+        store = open_async_store(RedisSettings(prefix="t:", timeout=Duration(0.3)), private.socket)
         check = BuiltCheck("redis", counts_in_redis)
         async with running(tmp_path, [check, CHECK], store, on_error=OnError.TEMPFAIL) as server:
             path = server.settings.policyd.socket.path
