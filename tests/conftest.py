@@ -34,6 +34,22 @@ if os.environ.get("PYTHONASYNCIODEBUG"):
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_postfix_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point Postfix tools run by tests (postmap, postqueue) at a private,
+    minimal config dir, so tests never depend on /etc/postfix (absent when
+    the package was installed with "No configuration")."""
+    conf = tmp_path_factory.mktemp("postfix-conf")
+    (conf / "main.cf").write_text("compatibility_level = 3.6\nmaillog_file = /dev/stdout\n")
+    old = os.environ.get("MAIL_CONFIG")
+    os.environ["MAIL_CONFIG"] = str(conf)
+    yield
+    if old is None:
+        os.environ.pop("MAIL_CONFIG", None)
+    else:
+        os.environ["MAIL_CONFIG"] = old
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
