@@ -210,7 +210,6 @@ def test_body_checks_replace_and_decoded_body_match_through_postfix(
 SEED = Path(__file__).resolve().parents[3] / "shared" / "rules" / "header_checks.seed-spammers"
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="seed rules not available")
 def test_seed_rules_let_mail_through_in_postfix_and_in_the_milter(
     postfix_factory: PostfixFactory,
     postwarden_config: ConfigFactory,

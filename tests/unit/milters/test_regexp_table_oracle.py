@@ -17,7 +17,6 @@ import ctypes
 import ctypes.util
 import locale
 import random
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,7 @@ class _Regex(ctypes.Structure):
 def glibc() -> Iterator[ctypes.CDLL]:
     name = ctypes.util.find_library("c")
     if name is None or "libc.so" not in name:
-        pytest.skip("glibc not available")
+        pytest.fail("glibc's regcomp/regexec are the oracle for regexp: tables; libc not found")
     libc = ctypes.CDLL(name)
     saved = locale.setlocale(locale.LC_ALL)
     locale.setlocale(locale.LC_ALL, "C")  # Postfix matches bytes in the C locale
@@ -135,7 +134,6 @@ PCRE_ATOMS = [b"a", b"B", b".", b"[ab]", b"[^a]", b"[[:alpha:]]", b"\\d", b"\\s"
 PCRE_SUBJECTS = [s for s in SUBJECTS if s and b"\n" not in s and not s.startswith(b" ")]
 
 
-@pytest.mark.skipif(shutil.which("postmap") is None, reason="postmap not installed")
 def test_pcre_patterns_agree_with_postmap(tmp_path: Path) -> None:
     worker = FallbackWorker(budget=5.0)
     rng = random.Random(3)
