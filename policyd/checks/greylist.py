@@ -569,9 +569,9 @@ def _network_in_key(key: str) -> str:
     return key.partition("{")[2].partition("}")[0]
 
 
-def triplets(store: Any, network: str = "*", limit: int = 1000) -> list[TripletEntry]:
-    """Triplet records (sync Store), for one network or all; at most `limit`."""
-    keys = _scan(store, store.keys.greylist_pattern(network, "t"), limit)
+def _records(store: Any, pattern: str, limit: int) -> list[tuple[str, dict[str, Any], int]]:
+    """(key, hash fields, PTTL) of each live record matching `pattern`, in one pipeline."""
+    keys = _scan(store, pattern, limit)
     pipe = store.redis.pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
@@ -580,32 +580,41 @@ def triplets(store: Any, network: str = "*", limit: int = 1000) -> list[TripletE
     out = []
     for i, key in enumerate(keys):
         h = {_text(k): v for k, v in (replies[2 * i] or {}).items()}
-        if not h:
-            continue  # expired between SCAN and HGETALL
-        out.append(TripletEntry(key, _text(h.get("n")) or _network_in_key(key),
-                                _text(h.get("s")), _text(h.get("r")), _float(h.get("first")),
-                                _float(h.get("last")), _text(h.get("passed")) == "1",
-                                int(replies[2 * i + 1])))  # fmt: skip
+        if h:  # empty: expired between SCAN and HGETALL
+            out.append((key, h, int(replies[2 * i + 1])))
     return out
+
+
+def triplets(store: Any, network: str = "*", limit: int = 1000) -> list[TripletEntry]:
+    """Triplet records (sync Store), for one network or all; at most `limit`."""
+    return [
+        TripletEntry(
+            key,
+            _text(h.get("n")) or _network_in_key(key),
+            _text(h.get("s")),
+            _text(h.get("r")),
+            _float(h.get("first")),
+            _float(h.get("last")),
+            _text(h.get("passed")) == "1",
+            ttl,
+        )
+        for key, h, ttl in _records(store, store.keys.greylist_pattern(network, "t"), limit)
+    ]
 
 
 def clients(store: Any, network: str = "*", limit: int = 1000) -> list[ClientEntry]:
     """Auto-whitelist records (sync Store)."""
-    keys = _scan(store, store.keys.greylist_pattern(network, "c"), limit)
-    pipe = store.redis.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
-        pipe.pttl(key)
-    replies = pipe.execute() if keys else []
-    out = []
-    for i, key in enumerate(keys):
-        h = {_text(k): v for k, v in (replies[2 * i] or {}).items()}
-        if not h:
-            continue
-        out.append(ClientEntry(key, _network_in_key(key), int(_float(h.get("count"))),
-                               _float(h.get("last")), _text(h.get("manual")) == "1",
-                               int(replies[2 * i + 1])))  # fmt: skip
-    return out
+    return [
+        ClientEntry(
+            key,
+            _network_in_key(key),
+            int(_float(h.get("count"))),
+            _float(h.get("last")),
+            _text(h.get("manual")) == "1",
+            ttl,
+        )
+        for key, h, ttl in _records(store, store.keys.greylist_pattern(network, "c"), limit)
+    ]
 
 
 def whitelist_client(store: Any, network: str, now: float, ttl: float) -> str:
