@@ -15,6 +15,7 @@ line and reported as one error, so the connection stays usable.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -227,6 +228,11 @@ class RequestParser:
     def feed(self, data: bytes) -> Iterator[PolicyRequest | ParseError]:
         self._buf += data
         while True:
+            if self._at_request_start():
+                fast = self._whole_request()
+                if fast is not None:
+                    yield fast
+                    continue
             nl = self._buf.find(b"\n")
             if nl < 0:
                 if len(self._buf) > self.max_line:
@@ -270,6 +276,36 @@ class RequestParser:
                 continue
             self._attrs[name] = value
 
+    def _at_request_start(self) -> bool:
+        return not self._count and self._error is None and not self._discarding_line
+
+    def _whole_request(self) -> PolicyRequest | None:
+        """Fast path for the common case: a complete, well-formed request
+        (LF line ends, within every limit) parsed in one pass. Anything
+        unusual returns None and goes through the line-by-line path, which
+        names the exact problem."""
+        end = self._buf.find(b"\n\n")
+        if end <= 0 or end > self.max_request:
+            return None
+        block = bytes(self._buf[:end])
+        if b"\r" in block:
+            return None
+        lines = block.split(b"\n")
+        if len(lines) > self.max_attributes or max(map(len, lines)) > self.max_line:
+            return None
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        attrs: dict[str, str] = {}
+        for line in text.split("\n"):
+            name, sep, value = line.partition("=")
+            if not sep or not _NAME.match(name):
+                return None
+            attrs[name] = value
+        del self._buf[: end + 2]
+        return PolicyRequest.from_attributes(attrs)
+
     def _fail(self, error: ParseError) -> None:
         if self._error is None:
             self._error = error
@@ -284,8 +320,11 @@ class RequestParser:
         return PolicyRequest.from_attributes(attrs)
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
 def _valid_name(name: str) -> bool:
-    return all(c.isalnum() or c in "_-." for c in name)
+    return _NAME.match(name) is not None
 
 
 def format_action(action: str) -> bytes:

@@ -93,7 +93,8 @@ def decision(
     logger: logging.Logger, fields: Mapping[str, object], level: int = logging.INFO
 ) -> None:
     """The one line per decision: `decision key=value ...`; JSON gets fields too."""
-    logger.log(level, "decision %s", kv(fields), extra={"fields": dict(fields)})
+    if logger.isEnabledFor(level):  # formatting costs more than the decision itself
+        logger.log(level, "decision %s", kv(fields), extra={"fields": dict(fields)})
 
 
 @contextmanager

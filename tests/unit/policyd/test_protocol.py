@@ -111,3 +111,17 @@ def test_action_lines() -> None:
 
 def test_format_action_cannot_break_framing() -> None:
     assert format_action("REJECT a\nb\r\n") == b"action=REJECT a b  \n\n"
+
+
+def test_crlf_requests_parse_like_lf_ones() -> None:
+    # CRLF goes through the line-by-line path, LF through the whole-request one.
+    (lf,) = parse_all(REQUEST, 4096)
+    (crlf,) = parse_all(REQUEST.replace(b"\n", b"\r\n"), 4096)
+    assert crlf == lf
+
+
+def test_a_bad_line_anywhere_in_a_request_is_named() -> None:
+    bad = REQUEST.replace(b"helo_name=", b"helo name=")
+    (error,) = parse_all(bad, 4096)
+    assert isinstance(error, MalformedLine)
+    assert str(error) == "attribute line 4 is not name=value"
