@@ -46,6 +46,8 @@ def enabled_services(settings: Settings) -> list[tuple[str, ...]]:
     for name, m in settings.milters.by_name().items():
         if m.enabled and name in available:
             services.append(("milter", name))
+        elif m.enabled:
+            log.info("milter %s is enabled but not part of this version; not started", name)
     if settings.policyd.enabled:
         services.append(("policyd",))
     return services
