@@ -79,7 +79,7 @@ class _Walker:
         self.problems.append(ConfigProblem(self.filename, node.start_mark.line + 1, key, message))
 
     # -- dataclasses ------------------------------------------------------
-    def build(self, cls: type, node: yaml.Node, key: str) -> Any:
+    def build(self, cls: type, node: yaml.Node, key: str, base: Any = None) -> Any:
         if not isinstance(node, yaml.MappingNode):
             self.report(node, key or "(top level)", f"expected a mapping, got {_kind(node)}")
             raise _Invalid
@@ -102,12 +102,14 @@ class _Walker:
             seen.add(name)
             f = fields[name]
             try:
-                values[name] = self.value(hints[name], vnode, sub, f.metadata)
+                values[name] = self.value(hints[name], vnode, sub, f.metadata, _default(f))
             except _Invalid:
                 continue
         validate = getattr(cls, "validate_node", None)
         try:
-            obj = cls(**values)
+            # Start from the parent's default for this block (e.g. the dkim
+            # milter's own socket), not the block class's generic defaults.
+            obj = dataclasses.replace(base, **values) if base is not None else cls(**values)
         except (TypeError, ValueError) as exc:
             self.report(node, key or "(top level)", str(exc))
             raise _Invalid from None
@@ -117,7 +119,9 @@ class _Walker:
         return obj
 
     # -- values -----------------------------------------------------------
-    def value(self, tp: Any, node: yaml.Node, key: str, meta: Mapping[str, Any]) -> Any:
+    def value(
+        self, tp: Any, node: yaml.Node, key: str, meta: Mapping[str, Any], default: Any = None
+    ) -> Any:
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
@@ -125,7 +129,7 @@ class _Walker:
             if _is_null(node) and type(None) in args:
                 return None
             if len(non_none) == 1:
-                return self.value(non_none[0], node, key, meta)
+                return self.value(non_none[0], node, key, meta, default)
             if {a.__name__ for a in non_none} == {"IPv4Network", "IPv6Network"}:
                 return self.scalar(parse_network, node, key)
             self.report(node, key, f"unsupported schema type {tp}")
@@ -174,8 +178,8 @@ class _Walker:
             return self.scalar(SocketAddress.parse, node, key)
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
             if _is_null(node):
-                return tp()
-            return self.build(tp, node, key)
+                return default if isinstance(default, tp) else tp()
+            return self.build(tp, node, key, default if isinstance(default, tp) else None)
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return self.scalar(lambda v: _enum(tp, v), node, key)
         if tp is bool:
@@ -222,6 +226,14 @@ class _Walker:
             self.report(node, key, f"must be at most {_show(hi)}, got {_show(value)}")
             raise _Invalid
         return value
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _show(v: Any) -> str:

@@ -160,3 +160,13 @@ def test_sockets_in_postfix_notation(text: str, libmilter: str) -> None:
 def test_bad_socket_strings(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SocketAddress.parse(text)
+
+
+def test_a_partly_written_block_keeps_its_own_defaults() -> None:
+    # Writing one key of the dkim block must not give it the generic milter
+    # socket (every milter would then share one path).
+    s = load_config_text("milters:\n  dkim: {enabled: true}\n  noop: {on_error: tempfail}\n")
+    assert s.milters.dkim.socket.path == "/var/spool/postfix/postwarden/dkim.sock"
+    assert s.milters.noop.socket.path == "/var/spool/postfix/postwarden/noop.sock"
+    assert s.milters.noop.enabled is False  # noop's own default, not MilterSettings'
+    assert s.milters.noop.on_error is OnError.TEMPFAIL
