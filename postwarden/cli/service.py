@@ -16,7 +16,7 @@ from postwarden.errors import PostwardenError
 @config_option
 @click.argument("name")
 def milter(config_file: str | None, name: str) -> None:
-    """Run the milter NAME (headers, attachments, dkim, spam, noop) in the foreground."""
+    """Run the milter NAME in the foreground (this version: headers, noop)."""
     from milters import adapter
     from milters.engine import builders
 
