@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.policyd_floor import measure_floor
 from bench.policyload import (
     LoadResult,
+    policyd_config,
     rcpt_request,
     run_load,
     start_policyd,
@@ -44,16 +45,7 @@ from bench.policyload import (
 
 CONNECTIONS = (1, 8, 32)
 
-CONFIG = """\
-state_dir: {state}
-log: {{level: warning}}
-milters:
-  headers: {{enabled: false}}
-  attachments: {{enabled: false}}
-  dkim: {{enabled: false}}
-  spam: {{enabled: false}}
-policyd:
-  socket: "unix:{sock}"
+GREYLIST = """\
   order: [greylist]
   greylist:
     enabled: true
@@ -82,7 +74,7 @@ def request_stream(triplets: int) -> list[bytes]:
 def measure_postwarden(tmp: Path, stream: list[bytes], total: int) -> dict[int, LoadResult]:
     sock = str(tmp / "pw.sock")
     cfg = tmp / "greylist.yaml"
-    cfg.write_text(CONFIG.format(state=tmp / "state", sock=sock))
+    cfg.write_text(policyd_config(tmp / "state", sock, GREYLIST))
     proc = start_policyd(cfg, sock, tmp / "postwarden.log")
     try:
         run_load(f"unix:{sock}", stream, 4, 500)  # warm-up: imports, script load

@@ -21,16 +21,13 @@ client (smtp-source), timing and summary. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
-from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, _table, summarize
+from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, summarize
 from tests.harness.postfix import PostfixOptions
 from tests.harness.services import ServiceProcess, start_service, write_config
 
@@ -117,33 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + (f" ERROR {result.error}" if result.error else "")
                 )
     summary = summarize(results, CONFIGS)
-    report = {
-        "benchmark": "headers",
-        "command": " ".join(
-            [Path(sys.executable).name, "-m", "bench.headers", *(argv or sys.argv[1:])]
-        ),
-        "params": {
-            "messages": args.messages,
-            "sessions": args.sessions,
-            "size": args.size,
-            "rounds": args.rounds,
-            "client": args.client,
-            "rules": str(args.rules),
-        },
-        "postfix": subprocess.run(
-            ["postconf", "-h", "mail_version"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
-        "cpus": os.cpu_count(),
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "summary": summary,
-        "runs": [asdict(r) for r in results],
-    }
-    print(_table(summary, results))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0 if all(r.ok for r in results) else 1
+    return report("headers", argv, args, {"rules": str(args.rules)}, started, summary, results)
 
 
 if __name__ == "__main__":

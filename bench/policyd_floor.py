@@ -19,28 +19,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.policyload import rcpt_request, run_load, start_policyd, stop
+from bench.policyload import policyd_config, rcpt_request, run_load, start_policyd, stop
 
-CONFIG = """\
-state_dir: {state}
-log: {{level: warning}}
-milters:
-  headers: {{enabled: false}}
-  attachments: {{enabled: false}}
-  dkim: {{enabled: false}}
-  spam: {{enabled: false}}
-policyd:
-  socket: "unix:{sock}"
+FLOOR = """\
   access:
     rules:
-      - {{recipient: "never@invalid.example", action: "REJECT never"}}
+      - {recipient: "never@invalid.example", action: "REJECT never"}
 """
 
 
 def floor_config(tmp: Path) -> tuple[Path, str]:
     sock = str(tmp / "policy.sock")
     cfg = tmp / "floor.yaml"
-    cfg.write_text(CONFIG.format(state=tmp / "state", sock=sock))
+    cfg.write_text(policyd_config(tmp / "state", sock, FLOOR))
     return cfg, f"unix:{sock}"
 
 

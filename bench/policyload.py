@@ -107,6 +107,25 @@ async def _run(target: str, requests: Sequence[bytes], connections: int, total: 
     return LoadResult(connections, done, elapsed, done / elapsed, p50, p99, sum(errors), actions)
 
 
+def policyd_config(state: Path, sock: str | Path, policyd: str, extra: str = "") -> str:
+    """A postwarden config for a policy benchmark: every milter off, warnings
+    only, policyd on `sock`; `policyd` is YAML already indented under
+    `policyd:` (two spaces), `extra` top-level YAML (e.g. a `dns:` line)."""
+    return (
+        f"state_dir: {state}\n"
+        "log: {level: warning}\n"
+        f"{extra}"
+        "milters:\n"
+        "  headers: {enabled: false}\n"
+        "  attachments: {enabled: false}\n"
+        "  dkim: {enabled: false}\n"
+        "  spam: {enabled: false}\n"
+        "policyd:\n"
+        f'  socket: "unix:{sock}"\n'
+        f"{policyd}"
+    )
+
+
 def run_load(
     target: str, requests: Sequence[bytes], connections: int, total: int = 5000
 ) -> LoadResult:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.policyd_floor import measure_floor
 from bench.policyload import (
     LoadResult,
+    policyd_config,
     rcpt_request,
     run_load,
     start_policyd,
@@ -58,15 +59,6 @@ CONNS = (1, 8, 32)
 BIG = 1_000_000_000
 
 POSTWARDEN = """\
-state_dir: {state}
-log: {{level: warning}}
-milters:
-  headers: {{enabled: false}}
-  attachments: {{enabled: false}}
-  dkim: {{enabled: false}}
-  spam: {{enabled: false}}
-policyd:
-  socket: "unix:{sock}"
   ratelimit:
     enabled: true
     first_time_recipients: {{enabled: false}}
@@ -117,7 +109,7 @@ Server = Callable[[int, Path], tuple[str, Callable[[], None]]]
 def postwarden_server(limit: int, tmp: Path) -> tuple[str, Callable[[], None]]:
     sock = tmp / "pw.sock"
     cfg = tmp / "postwarden.yaml"
-    cfg.write_text(POSTWARDEN.format(state=tmp / "state", sock=sock, n=limit))
+    cfg.write_text(policyd_config(tmp / "state", sock, POSTWARDEN.format(n=limit)))
     proc = start_policyd(cfg, str(sock), tmp / "policyd.log")
     return f"unix:{sock}", lambda: stop(proc)
 

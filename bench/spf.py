@@ -34,24 +34,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.policyd_floor import measure_floor
-from bench.policyload import LoadResult, rcpt_request, run_load, start_policyd, stop
+from bench.policyload import (
+    LoadResult,
+    policyd_config,
+    rcpt_request,
+    run_load,
+    start_policyd,
+    stop,
+)
 
 CONNECTIONS = (1, 8, 32)
 WARM_DOMAINS = 50
 
-CONFIG = """\
-state_dir: {state}
-log: {{level: warning}}
-dns: {{nameservers: ["{nameserver}"], timeout: 2s}}
-milters:
-  headers: {{enabled: false}}
-  attachments: {{enabled: false}}
-  dkim: {{enabled: false}}
-  spam: {{enabled: false}}
-policyd:
-  socket: "unix:{sock}"
-  access: {{enabled: false}}
-  ratelimit: {{enabled: false}}
+SPF = """\
+  access: {enabled: false}
+  ratelimit: {enabled: false}
   spf:
     enabled: true
     receiver: mx.bench.invalid
@@ -107,7 +104,12 @@ def main() -> None:
             sock = str(tmp / "spf" / "policy.sock")
             cfg = tmp / "spf" / "spf.yaml"
             cfg.write_text(
-                CONFIG.format(state=tmp / "spf" / "state", nameserver=nameserver, sock=sock)
+                policyd_config(
+                    tmp / "spf" / "state",
+                    sock,
+                    SPF,
+                    extra=f'dns: {{nameservers: ["{nameserver}"], timeout: 2s}}\n',
+                )
             )
             proc = start_policyd(cfg, sock, tmp / "spf" / "policyd.log")
             target = f"unix:{sock}"

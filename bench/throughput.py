@@ -307,20 +307,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f" ({result.delivered}/{result.messages} in {result.seconds:.2f}s)"
                     + (f" ERROR {result.error}" if result.error else "")
                 )
-    summary = summarize(results, configs)
-    report = {
-        "benchmark": "throughput",
-        "command": " ".join(["python -m bench.throughput", *(argv or sys.argv[1:])]),
+    params = {"main_cf": args.main_cf}
+    return report("throughput", argv, args, params, started, summarize(results, configs), results)
+
+
+def report(
+    name: str,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    params: dict[str, object],
+    started: float,
+    summary: dict[str, object],
+    results: Sequence[RunResult],
+) -> int:
+    """Print the table and the JSON record of a Postfix benchmark (also to
+    --json); exit status 1 if any run failed its checks."""
+    record = {
+        "benchmark": name,
+        "command": " ".join([f"python -m bench.{name}", *(argv or sys.argv[1:])]),
         "params": {
             "messages": args.messages,
             "sessions": args.sessions,
             "size": args.size,
             "rounds": args.rounds,
             "client": args.client,
-            "main_cf": args.main_cf,
+            **params,
         },
         "postfix": subprocess.run(
-            ["postconf", "-h", "mail_version"], capture_output=True, text=True
+            ["postconf", "-h", "mail_version"], capture_output=True, text=True, check=False
         ).stdout.strip(),
         "cpus": os.cpu_count(),
         "wall_seconds": round(time.monotonic() - started, 1),
@@ -328,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [asdict(r) for r in results],
     }
     print(_table(summary, results))
-    text = json.dumps(report, indent=2)
+    text = json.dumps(record, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
