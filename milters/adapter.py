@@ -1,14 +1,15 @@
-"""The only module that talks to pymilter/libmilter.
+"""The only module that talks to pymilter/libmilter: callbacks, nothing else.
 
-It collects libmilter's callbacks into an `Envelope` and a `Message`, calls
-the engine once at end-of-message, and applies the `Verdict`: header edits,
-reply, tempfail, discard, quarantine (Postfix HOLD), body replacement and
-recipient changes. Engines stay pure; `postwarden scan` calls them the same way.
+It collects libmilter's callbacks into an `Envelope` and a `Message`, hands
+them to `milters.pipeline` at end-of-message (which applies the budget,
+on_error, warn mode; the very path `postwarden scan` takes), and maps the
+resulting `Verdict` onto libmilter: header edits, reply, tempfail, discard,
+quarantine (Postfix HOLD), body replacement and recipient changes. The
+process around it (sockets, signals, reload, counters) is `milters.service`.
 
 Per-connection state lives on the instance, which libmilter may move between
 worker threads: each callback sets the logging context from it on entry.
-No exception ever reaches libmilter: a failure anywhere becomes the
-service's `on_error` action, with one log line naming the queue ID.
+No exception ever reaches libmilter.
 
 Negotiation: every callback before end-of-message is declared `noreply`
 (Postfix does not wait for an answer, saving a round trip per header), and
@@ -21,25 +22,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import signal
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import Milter
 
-from milters.engine import Engine, Needs, builders
+from milters.engine import Needs
 from milters.message import Action, Envelope, Header, HeaderEdit, HeaderOp, Message, Verdict
-from postwarden import logs, metrics, replies, sdnotify
-from postwarden.config import ConfigError, Settings, load_config
-from postwarden.config.errors import ConfigProblem
-from postwarden.config.schema import MilterSettings, Mode, OnError
-from postwarden.errors import ResolverUnavailable, StoreUnavailable
-from postwarden.replies import SERVICE_UNAVAILABLE, Reply
-from postwarden.stats import FLUSH_INTERVAL, StatBuffer
-from postwarden.store import embedded
-from postwarden.store.client import Store, open_store
+from milters.pipeline import Runner, Stage, StageResult
+from postwarden import logs, metrics, replies
+from postwarden.replies import Reply
 
 log = logging.getLogger("postwarden.milter")
 
@@ -59,24 +52,27 @@ _MACROS = {
     "eom": ("i",),
 }
 
-WARN_HEADER = "X-Postwarden-Warn"
-STOP_DEADLINE = 25.0
 
+class StageSlot:
+    """The stage one milter process serves and its runner.
 
-class EngineSlot:
-    """The engine one milter process serves; swapped whole on reload."""
+    Reload replaces `stage` with one assignment, so a message in flight keeps
+    the engine and settings (mode, budget) it started with: never a new
+    engine with an old mode.
+    """
 
-    def __init__(self, name: str, engine: Engine, settings: MilterSettings) -> None:
-        self.name = name
-        self.engine = engine
-        self.settings = settings
-        self.errors = logs.RateLimitedLog(log, interval=60.0)
-        self.stats = StatBuffer()
+    def __init__(self, stage: Stage, runner: Runner) -> None:
+        self.stage = stage
+        self.runner = runner
         # Open SMTP connections, so shutdown can wait for them and no longer.
         self.active = 0
         self.active_lock = threading.Lock()
         self.drained = threading.Event()
         self.drained.set()
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
 
     def opened(self) -> None:
         with self.active_lock:
@@ -89,14 +85,14 @@ class EngineSlot:
             if self.active == 0:
                 self.drained.set()
 
-    def swap(self, engine: Engine, settings: MilterSettings) -> None:
-        self.engine, self.settings = engine, settings
+    def swap(self, stage: Stage) -> None:
+        self.stage = stage
 
 
 class MilterAdapter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection (Milter.factory builds it)."""
 
-    slot: ClassVar[EngineSlot]
+    slot: ClassVar[StageSlot]
 
     def __init__(self) -> None:
         self.slot.opened()
@@ -149,10 +145,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
             addr = self._macros.get("client_addr") or (
                 hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr or ""
             )
-            try:
-                self._client_address = ipaddress.ip_address(str(addr).removeprefix("IPv6:"))
-            except ValueError:
-                self._client_address = None
+            self._client_address = client_ip(str(addr))
 
         with self._context():
             self._guard(go)
@@ -191,7 +184,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
     @Milter.noreply  # type: ignore[untyped-decorator]
     def body(self, chunk: bytes) -> int:
         self._body_size += len(chunk)
-        room = int(self.slot.settings.max_body_size) - len(self._body)
+        room = int(self.slot.stage.settings.max_body_size) - len(self._body)
         if room > 0:
             self._body += chunk[:room]
         return CONTINUE
@@ -207,10 +200,9 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         self._read_macros("eom")
         slot = self.slot
+        stage = slot.stage  # one read: engine and settings stay paired
         with self._context():
             try:
-                if self._error is not None:
-                    raise self._error
                 env = self._envelope()
                 msg = Message(
                     tuple(self._headers),
@@ -219,17 +211,17 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
                     self._body_size > len(self._body),
                 )
                 with logs.context(msgid=msg.message_id):
-                    verdict = slot.engine.evaluate(msg, env)
-                    if slot.settings.mode is Mode.WARN:
-                        verdict = warn_only(slot.name, verdict)
-                    rc = self._apply(verdict)
-                    metrics.MILTER_MESSAGES.labels(slot.name, verdict.action.value).inc()
-                    slot.stats.add(f"milter.{slot.name}.scanned")
-                    slot.stats.add(f"milter.{slot.name}.{verdict.action.value}")
-                    _log_decision(slot.name, env, msg, verdict)
+                    if self._error is not None:
+                        result = slot.runner.failed(stage, self._error)
+                    else:
+                        result = slot.runner.run(stage, msg, env)
+                    rc = self._apply(result.verdict)
+                    record(slot.runner, result, env, msg)
                     return rc
-            except Exception as exc:
-                return self._fallback(exc)
+            except Exception as exc:  # applying the verdict failed (libmilter call)
+                log.warning("milter %s: cannot apply verdict: %s", stage.name, exc)
+                metrics.MILTER_ERRORS.labels(stage.name, "bug").inc()
+                return TEMPFAIL if stage.settings.on_error.value == "tempfail" else ACCEPT
             finally:
                 self._reset_message()
 
@@ -294,70 +286,27 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
         # libmilter drops a reply with a lone '%' silently: double them.
         self.setreply(str(reply.code), reply.enhanced, reply.text.replace("%", "%%"))
 
-    def _fallback(self, exc: BaseException) -> int:
-        slot = self.slot
-        kind = (
-            "store"
-            if isinstance(exc, StoreUnavailable)
-            else "dns"
-            if isinstance(exc, ResolverUnavailable)
-            else "bug"
-        )
-        metrics.MILTER_ERRORS.labels(slot.name, kind).inc()
-        slot.stats.add(f"milter.{slot.name}.error.{kind}")
-        log.debug("milter %s failed", slot.name, exc_info=exc)
-        tempfail = slot.settings.on_error is OnError.TEMPFAIL
-        slot.errors.warning(
-            kind,
-            "milter %s: %s: %s; on_error=%s",
-            slot.name,
-            kind,
-            exc,
-            slot.settings.on_error.value,
-        )
-        if tempfail:
-            try:
-                self._reply(SERVICE_UNAVAILABLE)
-            except Exception:
-                pass
-            return TEMPFAIL
-        return ACCEPT
+
+def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client address as one form: `IPv6:` prefixes dropped and
+    IPv4-mapped IPv6 (::ffff:192.0.2.1) unwrapped, as policyd's protocol does."""
+    try:
+        addr = ipaddress.ip_address(text.removeprefix("IPv6:").strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
 
 
-def warn_only(name: str, verdict: Verdict) -> Verdict:
-    """mode: warn — nothing a milter on trial does may lose or alter mail.
-
-    Added headers stay (they only add information); a final action, a body
-    rewrite, a changed or deleted header and recipient changes are dropped
-    and named in one X-Postwarden-Warn header instead.
-    """
-    additive = tuple(e for e in verdict.header_edits if e.op in (HeaderOp.ADD, HeaderOp.INSERT))
-    withheld: list[str] = []
-    if verdict.action not in (Action.ACCEPT, Action.ADD_HEADER, Action.REWRITE_SUBJECT):
-        withheld.append(verdict.action.value)
-    if len(additive) != len(verdict.header_edits):
-        withheld.append("change headers")
-    if verdict.new_body is not None:
-        withheld.append("rewrite the body")
-    if verdict.add_recipients or verdict.remove_recipients:
-        withheld.append("change recipients")
-    if not withheld:
-        return verdict
-    text = f"{name} would {', '.join(withheld)}"
-    if verdict.reason:
-        text += f": {verdict.reason}"
-    return Verdict(
-        action=Action.ADD_HEADER,
-        reason=f"warn mode: {verdict.reason}",
-        header_edits=(*additive, HeaderEdit(HeaderOp.ADD, WARN_HEADER, text)),
-        symbols=verdict.symbols,
-        score=verdict.score,
-        required_score=verdict.required_score,
-        details=verdict.details,
-    )
-
-
-def _log_decision(name: str, env: Envelope, msg: Message, verdict: Verdict) -> None:
+def record(runner: Runner, result: StageResult, env: Envelope, msg: Message) -> None:
+    """Count and log one decision (one greppable line per message)."""
+    verdict = result.verdict
+    name = result.name
+    metrics.MILTER_MESSAGES.labels(name, verdict.action.value).inc()
+    stats = runner.service.stats
+    stats.add(f"milter.{name}.scanned")
+    stats.add(f"milter.{name}.{verdict.action.value}")
     reply = str(verdict.reply) if verdict.reply else ""
     logs.decision(
         log,
@@ -373,6 +322,7 @@ def _log_decision(name: str, env: Envelope, msg: Message, verdict: Verdict) -> N
             "reply": reply,
             "reason": verdict.reason,
             "score": "" if verdict.score is None else f"{verdict.score:.2f}",
+            "outcome": "" if result.outcome == "ok" else result.outcome,
         },
     )
 
@@ -414,157 +364,21 @@ def action_flags(needs: Needs) -> int:
     return int(flags)
 
 
-def build_engine(name: str, settings: Settings) -> Engine:
-    problems: list[ConfigProblem] = []
-    engine = builders()[name](settings, problems)
-    for p in problems:
-        if p.severity != "error":
-            log.warning("%s", p)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise ConfigError(errors)
-    if engine is None:
-        raise ConfigError(
-            [ConfigProblem("config", 0, f"milters.{name}", "milter is not available")]
-        )
-    return engine
-
-
-def install(name: str, settings: Settings) -> type[MilterAdapter]:
+def install(slot: StageSlot) -> type[MilterAdapter]:
     """Set `Milter.factory` (pymilter's one global) for this process."""
-    engine = build_engine(name, settings)
-    cls = adapter_class(engine.needs)
-    cls.slot = EngineSlot(name, engine, settings.milters.by_name()[name])
+    needs = slot.stage.engine.needs
+    cls = adapter_class(needs)
+    cls.slot = slot
     Milter.factory = cls
-    Milter.set_flags(action_flags(engine.needs))
+    Milter.set_flags(action_flags(needs))
     return cls
 
 
-def run(name: str, config_path: str, settings: Settings) -> int:
-    """Serve milter NAME until SIGTERM; SIGHUP reloads its engine.
-
-    libmilter runs in a worker thread: its own signal thread would otherwise
-    stop the milter on SIGHUP. The main thread keeps Python's handlers.
-    """
-    cls = install(name, settings)
-    msettings = settings.milters.by_name()[name]
-    sock = msettings.socket
-    if sock.kind == "unix":
-        os.makedirs(os.path.dirname(sock.path), exist_ok=True)
-        try:
-            os.unlink(sock.path)
-        except FileNotFoundError:
-            pass
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            Milter.runmilter(f"postwarden-{name}", sock.libmilter, int(msettings.timeout))
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            stop.set()
-
-    def on_term(signum: int, frame: object) -> None:
-        stop.set()
-
-    def on_hup(signum: int, frame: object) -> None:
-        try:
-            new = load_config(config_path)
-            engine = build_engine(name, new)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config:\n%s", exc)
-            return
-        cls.slot.swap(engine, new.milters.by_name()[name])
-        log.info("milter %s reloaded", name)
-
-    store = _stats_store(settings)
-    if settings.metrics.enabled and not os.environ.get(metrics.MULTIPROC_ENV):
-        metrics.serve(settings.metrics.listen)  # alone; under `run` the supervisor serves
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    old_umask = os.umask(0o111)  # socket rw for Postfix's smtpd (user postfix)
-    thread = threading.Thread(target=serve, name=f"libmilter-{name}", daemon=True)
-    thread.start()
-    try:
-        _wait_for_socket(sock.path if sock.kind == "unix" else "", stop)
-    finally:
-        os.umask(old_umask)
-    if sock.kind == "inet":
-        _set_nodelay(sock.port)
-    log.info("milter %s listening on %s", name, sock)
-    sdnotify.notify("READY=1")
-    last_flush = time.monotonic()
-    while not stop.wait(0.5):
-        if store is not None and time.monotonic() - last_flush >= FLUSH_INTERVAL:
-            cls.slot.stats.flush(store.redis, store.keys)
-            last_flush = time.monotonic()
-    if failure:
-        log.error("milter %s stopped: %s", name, failure[0])
-        return 1
-    log.info("milter %s stopping", name)
-    sdnotify.notify("STOPPING=1")
-    # smfi_stop blocks until libmilter's accept poll times out (seconds), so it
-    # runs on the side; removing the socket turns new connections away now.
-    threading.Thread(target=Milter.milter.stop, name="libmilter-stop", daemon=True).start()
-    if sock.kind == "unix":
-        try:
-            os.unlink(sock.path)
-        except FileNotFoundError:
-            pass
-    # Let open sessions finish (bounded), then leave without waiting for
-    # libmilter's own teardown.
-    if not cls.slot.drained.wait(STOP_DEADLINE):
-        log.warning("milter %s: %d connections still open at shutdown", name, cls.slot.active)
-    thread.join(0.2)
-    if store is not None:
-        cls.slot.stats.flush(store.redis, store.keys)
-        store.close()
-    return 0
+def serve(name: str, libmilter_socket: str, timeout: int) -> None:
+    """libmilter's main loop (blocks; run it on a thread of its own)."""
+    Milter.runmilter(f"postwarden-{name}", libmilter_socket, timeout)
 
 
-def _set_nodelay(port: int) -> None:
-    """Set TCP_NODELAY on libmilter's listening socket (accepted sockets
-    inherit it on Linux): small milter replies otherwise wait on Nagle and
-    delayed ACKs (measured: 108 -> ~200 msgs/s over loopback TCP)."""
-    import socket
-
-    for _ in range(100):  # libmilter binds in its own thread, shortly after start
-        for entry in os.scandir("/proc/self/fd"):
-            try:
-                fd = int(entry.name)
-                s = socket.socket(fileno=os.dup(fd))
-            except (ValueError, OSError):
-                continue
-            try:
-                inet = s.family in (socket.AF_INET, socket.AF_INET6)
-                if inet and s.type == socket.SOCK_STREAM and s.getsockname()[1] == port:
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    return
-            except OSError:
-                pass
-            finally:
-                s.close()
-        time.sleep(0.01)
-    log.warning("could not set TCP_NODELAY on the milter's port %d", port)
-
-
-def _stats_store(settings: Settings) -> Store | None:
-    """Redis for `postwarden stat` counters, if one is configured or running;
-    a milter that needs no Redis does not start one just to count."""
-    r = settings.redis
-    if r.url is not None or r.sentinel is not None:
-        return open_store(r)
-    path = embedded.socket_path(settings.state_dir)
-    return open_store(r, path) if embedded.answers(path) else None
-
-
-def _wait_for_socket(path: str, stop: threading.Event) -> None:
-    if not path:
-        return
-    for _ in range(200):
-        if os.path.exists(path) or stop.is_set():
-            return
-        stop.wait(0.01)
+def stop() -> None:
+    """Ask libmilter to stop (blocks until its accept poll wakes up)."""
+    Milter.milter.stop()

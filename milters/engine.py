@@ -1,19 +1,27 @@
-"""The shape every milter engine has, and the table of engines by name.
+"""The shape every milter engine has, and how a milter declares itself.
 
-An engine is built once from settings (rule files compiled, keys loaded) and
-then called once per message with plain data. The adapter under Postfix and
-`postwarden scan` offline both call `evaluate`, so they cannot disagree.
+An engine is built once per process from a `ServiceContext` (settings, clock,
+Redis and DNS opened on first use, a sink for build-time problems) and then
+called once per message with plain data and a `MessageContext` (the time
+budget, the queue ID). It never imports pymilter: `milters.pipeline` calls it
+the same way under Postfix (through `milters.adapter`) and in `postwarden
+scan`, so the two cannot disagree.
+
+Each milter module declares `MILTER = MilterSpec(...)`; `milters.registry`
+finds them. Adding a milter is its module, its settings section (one field
+in `MiltersSettings`) and its block in `deploy/postwarden.yaml`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from milters.message import Envelope, Message, Verdict
-from postwarden.config.errors import ConfigProblem
-from postwarden.config.schema import Settings
+
+if TYPE_CHECKING:
+    from milters.context import MessageContext, ServiceContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,26 +47,31 @@ class Engine(Protocol):
     name: str
     needs: Needs
 
-    def evaluate(self, msg: Message, env: Envelope) -> Verdict:
-        """Decide about one message; may raise (the caller applies on_error)."""
+    def evaluate(self, msg: Message, env: Envelope, ctx: MessageContext) -> Verdict:
+        """Decide about one message; may raise (the pipeline applies on_error)
+        and should call `ctx.budget.check()` between slow steps."""
         ...
 
 
-# `build(settings, problems)` returns None when the milter is disabled or
-# cannot run; problems it survived are appended with severity "warning".
-Builder = Callable[[Settings, list[ConfigProblem]], "Engine | None"]
+# `build(ctx)` returns None when the milter is disabled; problems it survives
+# (a bad rule line) go to `ctx.problem(..., severity="warning")`, fatal ones
+# with severity "error" (the service then refuses to start).
+Builder = Callable[["ServiceContext"], "Engine | None"]
 
 
-def builders() -> dict[str, Builder]:
-    """Every milter `postwarden milter NAME` and `postwarden scan` know."""
-    from milters import headers, noop
+@dataclass(frozen=True, slots=True)
+class MilterSpec:
+    """One milter as the rest of the suite sees it.
 
-    return {
-        "headers": headers.build,
-        "noop": noop.build,
-    }
+    `position` orders `smtpd_milters` (what `postfix-config` prints and the
+    order `scan` runs them in): lower runs first. `uses_store`/`uses_dns` say
+    what the service needs at run time (shown by `config check`; a milter
+    that uses Redis waits for it at start).
+    """
 
-
-# The order `postwarden scan` runs them in: the order of smtpd_milters that
-# `postwarden postfix-config` prints.
-ORDER = ("headers", "attachments", "dkim", "spam", "noop")
+    name: str
+    build: Builder
+    position: int
+    description: str
+    uses_store: bool = False
+    uses_dns: bool = False

@@ -47,7 +47,8 @@ from dataclasses import dataclass, replace
 
 import re2
 
-from milters.engine import Needs
+from milters.context import MessageContext, ServiceContext
+from milters.engine import MilterSpec, Needs
 from milters.header_actions import (
     CleanupState,
     Context,
@@ -68,6 +69,7 @@ from milters.header_regex_worker import FallbackWorker
 from milters.message import Action, Envelope, HeaderEdit, HeaderOp, Message, Verdict
 from milters.regexp_table import Dialect, Table, load_table
 from postwarden import logs
+from postwarden.budget import Budget
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.headers import Form, HeaderRule, HeadersMilterSettings, Scope
@@ -246,8 +248,9 @@ class HeadersEngine:
         return None
 
     # -- the message --------------------------------------------------------
-    def evaluate(self, msg: Message, env: Envelope) -> Verdict:
+    def evaluate(self, msg: Message, env: Envelope, ctx: MessageContext) -> Verdict:
         s = self.settings
+        budget = ctx.budget
         state = CleanupState()
         warns: list[Decision] = []
         prepends: dict[int, list[str]] = {}
@@ -260,6 +263,7 @@ class HeadersEngine:
                 top_ct = h.value.encode("utf-8", "surrogateescape")
             if not state.filtering:
                 continue
+            budget.check(f"header {h.name}")
             cls = LineClass.MIME if is_mime_header(h.name) else LineClass.HEADER
             value = h.value.replace("\r\n", "\n")
             raw = f"{h.name}: {value}".encode("utf-8", "surrogateescape")[:limit]
@@ -284,7 +288,7 @@ class HeadersEngine:
                 replaced[i] = text
         body_edits: list[tuple[int, int, Verb, str]] = []
         if state.filtering:
-            self._body(msg, env, state, warns, top_ct, body_edits)
+            self._body(msg, env, state, warns, top_ct, body_edits, budget)
         verdict = self._verdict(msg, env, state, warns, prepends, replaced, dropped)
         if body_edits and verdict.action not in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
             verdict = replace(verdict, new_body=edit_body(msg.body, body_edits))
@@ -298,6 +302,7 @@ class HeadersEngine:
         warns: list[Decision],
         top_ct: bytes,
         body_edits: list[tuple[int, int, Verb, str]],
+        budget: Budget,
     ) -> None:
         s = self.settings
         check_body = bool(self.tables[LineClass.BODY]) or any(r.spec.body for r in self.rules)
@@ -317,6 +322,7 @@ class HeadersEngine:
         ):
             if not state.filtering:
                 return
+            budget.check("body")
             if line.cls is LineClass.BODY:
                 if not check_body:
                     continue
@@ -594,8 +600,12 @@ def _problem(
     return ConfigProblem(file, line, key, message, severity)
 
 
-def build(settings: Settings, problems: list[ConfigProblem]) -> HeadersEngine | None:
+def build(ctx: ServiceContext) -> HeadersEngine | None:
     """Read and compile every table and YAML rule; report bad lines, skip them."""
+    return build_from(ctx.settings, ctx.problems)
+
+
+def build_from(settings: Settings, problems: list[ConfigProblem]) -> HeadersEngine | None:
     s = settings.milters.headers
     if not s.enabled:
         return None
@@ -672,3 +682,11 @@ def _report_actions(
             problems.append(
                 _problem(s, rule.loc.file, rule.loc.line, "", f"{action.problem}", skipped=False)
             )
+
+
+MILTER = MilterSpec(
+    name="headers",
+    build=build,
+    position=10,
+    description="Postfix header_checks/body_checks tables and YAML rules, matched decoded",
+)

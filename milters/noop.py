@@ -7,10 +7,9 @@ but the queue ID, so it asks Postfix for no headers and no body.
 
 from __future__ import annotations
 
-from milters.engine import Needs
+from milters.context import MessageContext, ServiceContext
+from milters.engine import MilterSpec, Needs
 from milters.message import Envelope, HeaderEdit, HeaderOp, Message, Verdict
-from postwarden.config.errors import ConfigProblem
-from postwarden.config.schema import Settings
 
 HEADER = "X-Postwarden-Noop"
 
@@ -19,12 +18,20 @@ class NoopEngine:
     name = "noop"
     needs = Needs(headers=False, body=False, add_headers=True)
 
-    def evaluate(self, msg: Message, env: Envelope) -> Verdict:
+    def evaluate(self, msg: Message, env: Envelope, ctx: MessageContext) -> Verdict:
         return Verdict(
             header_edits=(HeaderEdit(HeaderOp.ADD, HEADER, env.queue_id or "unknown"),),
             reason="noop",
         )
 
 
-def build(settings: Settings, problems: list[ConfigProblem]) -> NoopEngine | None:
-    return NoopEngine()
+def build(ctx: ServiceContext) -> NoopEngine | None:
+    return NoopEngine() if ctx.settings.milters.noop.enabled else None
+
+
+MILTER = MilterSpec(
+    name="noop",
+    build=build,
+    position=90,
+    description="diagnostic: accepts everything and stamps X-Postwarden-Noop",
+)

@@ -42,6 +42,8 @@ REJECT = Reply(550, "5.7.1", "Message rejected by policy")
 TEMPFAIL = Reply(451, "4.7.1", "Try again later")
 # on_error: tempfail — a local fault, not the client's (RFC 3463 4.3.0/4.3.5).
 SERVICE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary local problem, please try again later")
+# A milter's time budget ran out (on_timeout: tempfail): local and temporary.
+BUDGET_EXCEEDED = Reply(451, "4.3.0", "Message not checked in time, please try again later")
 # Message content.
 CONTENT_REJECTED = Reply(554, "5.7.1", "Message content rejected")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")

@@ -40,9 +40,9 @@ STOP_DEADLINE = 30.0
 
 def enabled_services(settings: Settings) -> list[tuple[str, ...]]:
     services: list[tuple[str, ...]] = []
-    from milters.engine import builders
+    from milters.registry import specs
 
-    available = builders()
+    available = specs()
     for name, m in settings.milters.by_name().items():
         if m.enabled and name in available:
             services.append(("milter", name))

@@ -20,14 +20,17 @@ def config() -> None:
 
 def service_problems(settings: Settings) -> list[ConfigProblem]:
     """Problems found by compiling what services load (rule and list files)."""
-    from milters.engine import builders as milter_builders
+    from milters.context import ServiceContext
+    from milters.registry import specs
     from policyd.pipeline import build_pipeline
 
     problems: list[ConfigProblem] = []
     for name, msettings in settings.milters.by_name().items():
-        builder = milter_builders().get(name)
-        if msettings.enabled and builder is not None:
-            builder(settings, problems)
+        spec = specs().get(name)
+        if msettings.enabled and spec is not None:
+            ctx = ServiceContext(settings)
+            spec.build(ctx)
+            problems.extend(ctx.problems)
     if settings.policyd.enabled:
         build_pipeline(settings, problems)
     return problems

@@ -1,8 +1,9 @@
 """`postwarden scan`: the content pipeline offline, on message files.
 
-Runs the very `evaluate` functions the adapter calls under Postfix, for every
-enabled milter in smtpd_milters order, and prints each verdict and the
-combined action. Envelope options replay what Postfix would have sent.
+Runs `milters.pipeline`, the path the adapter takes under Postfix (budget,
+on_error, warn mode, body cap, combining), for every enabled milter in
+smtpd_milters order, and prints each verdict and the combined action.
+Envelope options replay what Postfix would have sent.
 """
 
 from __future__ import annotations
@@ -10,62 +11,62 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
-from milters.engine import ORDER, Engine, builders
-from milters.message import Action, Envelope, Message, Verdict
+from milters import pipeline, registry
+from milters.context import ServiceContext
+from milters.message import Envelope
+from milters.pipeline import PipelineResult, Runner, Stage
+from milters.service import build_stage
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
 from postwarden.config import ConfigError
 from postwarden.config.errors import ConfigProblem
-from postwarden.config.schema import Settings
 
 
-@dataclass
-class ScanResult:
-    file: str
-    action: Action
-    score: float
-    required_score: float | None
-    verdicts: dict[str, Verdict] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        symbols: dict[str, Any] = {}
-        for verdict in self.verdicts.values():
-            for s in verdict.symbols:
-                symbols[s.name] = {
-                    "score": s.score,
-                    "description": s.description,
-                    "options": list(s.options),
-                }
-        milters: dict[str, Any] = {}
-        for name, verdict in self.verdicts.items():
-            entry: dict[str, Any] = {"action": verdict.action.value, "reason": verdict.reason}
-            if verdict.reply is not None:
-                entry["reply"] = str(verdict.reply)
-            if verdict.header_edits:
-                entry["headers"] = [
-                    {"op": e.op.value, "name": e.name, "value": e.value}
-                    for e in verdict.header_edits
-                ]
-            if verdict.score is not None:
-                entry["score"] = verdict.score
-            entry.update({k: _plain(v) for k, v in verdict.details.items()})
-            milters[name] = entry
-        for name, error in self.errors.items():
-            milters[name] = {"action": "error", "reason": error}
-        return {
-            "file": self.file,
-            "action": self.action.value,
-            "score": self.score,
-            "required_score": self.required_score,
-            "symbols": symbols,
-            "milters": milters,
-        }
+def result_json(result: PipelineResult) -> dict[str, Any]:
+    """The `scan --json` object (ARCHITECTURE.md, "The user-facing contract")."""
+    symbols: dict[str, Any] = {}
+    milters: dict[str, Any] = {}
+    for r in result.results:
+        verdict = r.verdict
+        for s in verdict.symbols:
+            symbols[s.name] = {
+                "score": s.score,
+                "description": s.description,
+                "options": list(s.options),
+            }
+        entry: dict[str, Any] = {"action": verdict.action.value, "reason": verdict.reason}
+        if r.outcome != "ok":
+            entry["outcome"] = r.outcome
+        if verdict.reply is not None:
+            entry["reply"] = str(verdict.reply)
+        if verdict.header_edits:
+            entry["headers"] = [
+                {"op": e.op.value, "name": e.name, "value": e.value} for e in verdict.header_edits
+            ]
+        if verdict.new_body is not None:
+            entry["body_replaced"] = True
+        if verdict.add_recipients:
+            entry["add_recipients"] = list(verdict.add_recipients)
+        if verdict.remove_recipients:
+            entry["remove_recipients"] = list(verdict.remove_recipients)
+        if verdict.score is not None:
+            entry["score"] = verdict.score
+        if r.engine_verdict is not None and r.engine_verdict is not verdict:
+            entry["engine_action"] = r.engine_verdict.action.value
+        for k, v in verdict.details.items():
+            entry.setdefault(k, _plain(v))
+        milters[r.name] = entry
+    return {
+        "file": result.file,
+        "action": result.action.value,
+        "score": result.score,
+        "required_score": result.required_score,
+        "symbols": symbols,
+        "milters": milters,
+    }
 
 
 def _plain(value: object) -> object:
@@ -78,76 +79,37 @@ def _plain(value: object) -> object:
     return str(value)
 
 
-def enabled_engines(settings: Settings) -> list[Engine]:
-    """Build every enabled milter engine, in smtpd_milters order."""
-    problems: list[ConfigProblem] = []
-    table = builders()
+def enabled_stages(service: ServiceContext) -> list[Stage]:
+    """Build every enabled milter, in smtpd_milters order; ConfigError on
+    fatal problems, warnings printed to stderr."""
+    settings = service.settings
     configured = settings.milters.by_name()
-    engines = []
-    for name in ORDER:
-        if name not in table or not configured[name].enabled:
+    stages = []
+    errors: list[ConfigProblem] = []
+    for name in registry.names():
+        if name not in configured or not configured[name].enabled:
             continue
-        engine = table[name](settings, problems)
-        if engine is not None:
-            engines.append(engine)
-    for p in problems:
-        if p.severity != "error":
-            click.echo(str(p), err=True)
-    errors = [p for p in problems if p.severity == "error"]
+        try:
+            stages.append(build_stage(name, settings, service))
+        except ConfigError as exc:
+            errors.extend(exc.problems)
+        for p in service.problems:
+            if p.severity != "error":
+                click.echo(str(p), err=True)
     if errors:
         raise ConfigError(errors)
-    return engines
+    return stages
 
 
-def combine(verdicts: Sequence[Verdict]) -> Action:
-    """Postfix stops at the first milter that rejects, tempfails or discards;
-    otherwise the strongest action wins (quarantine over add_header)."""
-    action = Action.ACCEPT
-    for v in verdicts:
-        if v.action.is_final:
-            return v.action
-        if v.action.severity > action.severity:
-            action = v.action
-    return action
-
-
-def scan_message(
-    name: str,
-    raw: bytes,
-    env: Envelope,
-    engines: Sequence[Engine],
-    max_body_size: int | None = None,
-) -> ScanResult:
-    msg = Message.from_bytes(raw, max_body_size)
-    if not env.queue_id:
-        env = Envelope(**{**_fields(env), "queue_id": "SCAN"})
-    result = ScanResult(name, Action.ACCEPT, 0.0, None)
-    for engine in engines:
-        try:
-            verdict = engine.evaluate(msg, env)
-        except Exception as exc:  # the adapter would apply on_error here
-            result.errors[engine.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        result.verdicts[engine.name] = verdict
-        if verdict.score is not None:
-            result.score = verdict.score
-            result.required_score = verdict.required_score
-        if verdict.action.is_final:
-            break
-    result.action = combine(list(result.verdicts.values()))
-    return result
-
-
-def _fields(env: Envelope) -> dict[str, Any]:
-    return {f: getattr(env, f) for f in Envelope.__dataclass_fields__}
-
-
-def _print_text(result: ScanResult) -> None:
+def _print_text(result: PipelineResult) -> None:
     click.echo(f"{result.file}: {result.action.value}")
     if result.required_score is not None:
         click.echo(f"  score: {result.score:.2f} / {result.required_score:.2f}")
-    for name, v in result.verdicts.items():
+    for r in result.results:
+        name, v = r.name, r.verdict
         line = f"  {name}: {v.action.value}"
+        if r.outcome != "ok":
+            line += f" ({r.outcome})"
         if v.reply is not None:
             line += f" [{v.reply}]"
         if v.reason:
@@ -160,8 +122,6 @@ def _print_text(result: ScanResult) -> None:
         for s in v.symbols:
             opts = f" [{', '.join(s.options)}]" if s.options else ""
             click.echo(f"    {s.name:<28} {s.score:+7.2f}{opts}")
-    for name, error in result.errors.items():
-        click.echo(f"  {name}: error ({error})")
 
 
 @click.command()
@@ -185,8 +145,9 @@ def scan(
 ) -> None:
     """Run every enabled milter on FILES (or - for stdin) and print the verdicts."""
     _, settings = load_or_exit(config_file)
+    service = ServiceContext(settings)
     try:
-        engines = enabled_engines(settings)
+        stages = enabled_stages(service)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -203,7 +164,9 @@ def scan(
         mail_from=mail_from,
         recipients=rcpts,
         auth_user=auth_user,
+        queue_id="SCAN",
     )
+    runner = Runner(service)
     status = 0
     for name in files:
         try:
@@ -216,9 +179,11 @@ def scan(
             click.echo(f"{name}: cannot read: {exc.strerror}", err=True)
             status = 1
             continue
-        result = scan_message(name, raw, env, engines)
+        result = pipeline.scan(runner, stages, raw, env, name)
         if as_json:
-            click.echo(json.dumps(result.as_json(), ensure_ascii=False))
+            click.echo(json.dumps(result_json(result), ensure_ascii=False))
         else:
             _print_text(result)
+    runner.close()
+    service.close()
     sys.exit(status)

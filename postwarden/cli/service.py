@@ -16,18 +16,16 @@ from postwarden.errors import PostwardenError
 @config_option
 @click.argument("name")
 def milter(config_file: str | None, name: str) -> None:
-    """Run the milter NAME in the foreground (this version: headers, noop)."""
-    from milters import adapter
-    from milters.engine import builders
+    """Run the milter NAME in the foreground (see `postwarden milter --help`)."""
+    from milters import registry, service
 
     path, settings = load_or_exit(config_file)
     logs.setup(settings.log.level.value, settings.log.format.value)
-    if name not in builders():
-        raise click.BadParameter(
-            f"unknown milter {name!r}; known: {', '.join(sorted(builders()))}", param_hint="NAME"
-        )
+    if name not in registry.specs():
+        known = ", ".join(registry.names())
+        raise click.BadParameter(f"unknown milter {name!r}; known: {known}", param_hint="NAME")
     try:
-        sys.exit(adapter.run(name, path, settings))
+        sys.exit(service.serve(name, path, settings))
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

@@ -10,6 +10,7 @@ service, so each check owns its settings without touching the others.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
@@ -139,13 +140,8 @@ class MiltersSettings:
     )
 
     def by_name(self) -> dict[str, MilterSettings]:
-        return {
-            "headers": self.headers,
-            "attachments": self.attachments,
-            "dkim": self.dkim,
-            "spam": self.spam,
-            "noop": self.noop,
-        }
+        """Every milter block by its YAML key (one field per milter above)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 DEFAULT_TRUSTED: tuple[Network, ...] = (

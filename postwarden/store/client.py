@@ -167,3 +167,14 @@ def open_store(settings: RedisSettings, embedded_socket: str | None = None) -> S
 
 def open_async_store(settings: RedisSettings, embedded_socket: str | None = None) -> AsyncStore:
     return AsyncStore(connect_async(settings, embedded_socket), Keys(settings.prefix))
+
+
+def open_configured_store(settings: Any) -> Store:
+    """The one place that decides between `redis.url`/Sentinel and the
+    embedded server under `state_dir` (which `postwarden run` starts)."""
+    from postwarden.store import embedded
+
+    r = settings.redis
+    if r.url is not None or r.sentinel is not None:
+        return open_store(r)
+    return open_store(r, embedded.socket_path(settings.state_dir))

@@ -37,4 +37,7 @@ class MilterSettings:
     mode: Mode = setting(Mode.ENFORCE)
     max_body_size: Size = setting(Size(10 * 1024 * 1024), min=0, doc="bytes kept for checks")
     timeout: Duration = setting(Duration(30.0), min=1, doc="libmilter I/O timeout")
-    threads: int = setting(0, min=0, max=1024, doc="informational; libmilter makes threads")
+    budget: Duration = setting(
+        Duration(20.0), min=0.1, max=250, doc="time for one message's decision"
+    )
+    on_timeout: OnError = setting(OnError.TEMPFAIL, doc="what a message gets past its budget")

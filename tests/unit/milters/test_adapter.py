@@ -15,7 +15,8 @@ import pytest
 from Milter import testctx
 
 from milters import adapter
-from milters.engine import Needs
+from milters.context import MessageContext, ServiceContext
+from milters.engine import Engine, Needs
 from milters.message import (
     Action,
     Envelope,
@@ -24,6 +25,7 @@ from milters.message import (
     Message,
     Verdict,
 )
+from milters.pipeline import Runner, Stage
 from postwarden.config.schema import MilterSettings, OnError, Settings
 from postwarden.config.sections.common import Mode
 from postwarden.config.units import Size
@@ -101,11 +103,15 @@ class ScriptedEngine:
     needs: Needs = field(default_factory=lambda: Needs(change_headers=True, quarantine=True))
     seen: list[tuple[Message, Envelope]] = field(default_factory=list)
 
-    def evaluate(self, msg: Message, env: Envelope) -> Verdict:
+    def evaluate(self, msg: Message, env: Envelope, ctx: MessageContext) -> Verdict:
         self.seen.append((msg, env))
         if self.error is not None:
             raise self.error
         return self.verdict
+
+
+def slot_for(name: str, engine: Engine, settings: MilterSettings) -> adapter.StageSlot:
+    return adapter.StageSlot(Stage(name, engine, settings), Runner(ServiceContext(Settings())))
 
 
 @pytest.fixture
@@ -118,7 +124,7 @@ def feed(
     engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch, settings: MilterSettings | None = None
 ) -> tuple[int, RecordingCtx]:
     cls = adapter.adapter_class(engine.needs)
-    cls.slot = adapter.EngineSlot("scripted", engine, settings or MilterSettings())
+    cls.slot = slot_for("scripted", engine, settings or MilterSettings())
     monkeypatch.setattr(Milter, "factory", cls)
     ctx = RecordingCtx()
     ctx._setsymval("i", "4F2XQ1")
@@ -222,7 +228,7 @@ def test_engine_bug_gets_on_error_tempfail(
 
 def negotiated(needs: Needs, monkeypatch: pytest.MonkeyPatch) -> int:
     cls = adapter.adapter_class(needs)
-    cls.slot = adapter.EngineSlot("x", ScriptedEngine(), MilterSettings())
+    cls.slot = slot_for("x", ScriptedEngine(), MilterSettings())
     monkeypatch.setattr(Milter, "factory", cls)
     ctx = RecordingCtx(offered=ALL_PROTOCOL)
     ctx._negotiate()
@@ -256,7 +262,7 @@ def test_noop_engine_stamps_the_queue_id(monkeypatch: pytest.MonkeyPatch) -> Non
     engine = NoopEngine()
     settings = replace(Settings().milters.noop, enabled=True)
     cls = adapter.adapter_class(engine.needs)
-    cls.slot = adapter.EngineSlot("noop", engine, settings)
+    cls.slot = slot_for("noop", engine, settings)
     monkeypatch.setattr(Milter, "factory", cls)
     ctx = RecordingCtx()
     ctx._setsymval("i", "ABC123")

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from milters import headers
+from milters.context import MessageContext
 from milters.header_regex_worker import FallbackWorker
 from milters.message import Envelope, Message
 from milters.regexp_table import Table, load_table
@@ -195,11 +196,11 @@ def test_decoded_form_matches_where_postmap_finds_nothing(raw: str, decoded: str
     assert expected is not None
     block = {"header_checks": [str(RULES / "differential.regexp")]}
     settings = load_config_text(yaml.safe_dump({"milters": {"headers": block}}))
-    engine = headers.build(settings, [])
+    engine = headers.build_from(settings, [])
     assert engine is not None
     name, _, value = raw.partition(": ")
     message = Message.from_bytes(f"{name}: {value}".replace("\n", "\r\n").encode() + b"\r\n\r\n")
-    verdict = engine.evaluate(message, Envelope())
+    verdict = engine.evaluate(message, Envelope(), MessageContext.offline())
     first = verdict.details["matches"][0]  # type: ignore[index]
     assert first["form"] == "decoded"
     assert first["matched"] == decoded
