@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from postwarden.config.fields import setting
+from postwarden.config.sections.attachments import AttachmentsMilterSettings
 from postwarden.config.sections.common import MilterSettings, Mode, OnError
+from postwarden.config.sections.dkim import DkimMilterSettings
 from postwarden.config.sections.headers import HeadersMilterSettings
 from postwarden.config.sections.policyd import PolicydSettings
+from postwarden.config.sections.spam import SpamMilterSettings
 from postwarden.config.units import Duration, Network, SocketAddress
 
 __all__ = [
@@ -130,9 +133,11 @@ class MiltersSettings:
     headers: HeadersMilterSettings = setting(
         factory=lambda: HeadersMilterSettings(socket=_sock("headers"))
     )
-    attachments: MilterSettings = setting(factory=lambda: _milter("attachments"))
-    dkim: MilterSettings = setting(factory=lambda: _milter("dkim"))
-    spam: MilterSettings = setting(factory=lambda: _milter("spam"))
+    attachments: AttachmentsMilterSettings = setting(
+        factory=lambda: AttachmentsMilterSettings(socket=_sock("attachments"))
+    )
+    dkim: DkimMilterSettings = setting(factory=lambda: DkimMilterSettings(socket=_sock("dkim")))
+    spam: SpamMilterSettings = setting(factory=lambda: SpamMilterSettings(socket=_sock("spam")))
     # Diagnostic: accepts everything and stamps one header; never started by
     # `postwarden run` unless enabled. Used to measure the adapter's cost.
     noop: MilterSettings = setting(

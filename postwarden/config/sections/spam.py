@@ -1,0 +1,12 @@
+"""`milters.spam`: settings of the spam milter (milters/spam)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from postwarden.config.sections.common import MilterSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SpamMilterSettings(MilterSettings):
+    """Every key is documented in deploy/postwarden.yaml (milters.spam)."""
