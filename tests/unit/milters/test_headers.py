@@ -26,7 +26,11 @@ ENV = Envelope(
     recipients=("rcpt@example.net",),
     queue_id="4ABC123",
 )
-CTX = MessageContext.offline()
+
+
+def ctx() -> MessageContext:
+    """A fresh context per message: budgets run from the start of each message."""
+    return MessageContext.offline()
 
 
 def engine(
@@ -97,7 +101,7 @@ def test_seed_file_with_strict_refuses_to_start(tmp_path: Path) -> None:
 @pytest.mark.expect_log("WARNING", "non-breaking space")
 def test_seed_rule_matches_but_lets_mail_through_like_postfix(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, header_checks=[str(SEED)])
-    v = e.evaluate(msg("From: x@massnews.gr\nTo: y@seminaria.gr\n\nhi\n"), ENV, CTX)
+    v = e.evaluate(msg("From: x@massnews.gr\nTo: y@seminaria.gr\n\nhi\n"), ENV, ctx())
     assert v.action is Action.ACCEPT
     matches = v.details["matches"]
     assert isinstance(matches, list)
@@ -110,7 +114,7 @@ def test_seed_rule_matches_but_lets_mail_through_like_postfix(tmp_path: Path) ->
 
 def test_first_matching_rule_per_line_wins(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject: a/ WARN first\n/^Subject: ab/ REJECT second\n")
-    v = e.evaluate(msg("Subject: abc\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: abc\n\nx\n"), ENV, ctx())
     assert v.action is Action.ACCEPT
     assert v.details["matches"][0]["text"] == "first"  # type: ignore[index]
 
@@ -119,7 +123,7 @@ def test_reject_stops_inspection_of_later_lines(tmp_path: Path) -> None:
     e, _ = engine(
         tmp_path, "/^Subject: bad/ REJECT 5.7.1 go away\n/^X-Later:/ DISCARD\n", body="/./ HOLD\n"
     )
-    v = e.evaluate(msg("Subject: bad\nX-Later: 1\n\nbody\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: bad\nX-Later: 1\n\nbody\n"), ENV, ctx())
     assert v.action is Action.REJECT
     assert str(v.reply) == "550 5.7.1 go away"
     assert str(v.details["rule"]).endswith("header_checks:1")
@@ -128,15 +132,15 @@ def test_reject_stops_inspection_of_later_lines(tmp_path: Path) -> None:
 
 def test_hold_continues_and_a_later_reject_still_wins(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject:/ HOLD check me\n/^X-Bad:/ REJECT no\n")
-    assert e.evaluate(msg("Subject: s\n\nx\n"), ENV, CTX).action is Action.QUARANTINE
-    v = e.evaluate(msg("Subject: s\nX-Bad: 1\n\nx\n"), ENV, CTX)
+    assert e.evaluate(msg("Subject: s\n\nx\n"), ENV, ctx()).action is Action.QUARANTINE
+    v = e.evaluate(msg("Subject: s\nX-Bad: 1\n\nx\n"), ENV, ctx())
     assert v.action is Action.REJECT
     assert e.needs.quarantine
 
 
 def test_redirect_stops_inspection_so_a_later_reject_is_not_seen(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject:/ REDIRECT trap@example.com\n/^X-Bad:/ REJECT no\n")
-    v = e.evaluate(msg("Subject: s\nX-Bad: 1\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: s\nX-Bad: 1\n\nx\n"), ENV, ctx())
     assert v.action is Action.ADD_HEADER
     assert v.add_recipients == ("trap@example.com",)
     assert v.remove_recipients == ("rcpt@example.net",)
@@ -144,7 +148,7 @@ def test_redirect_stops_inspection_so_a_later_reject_is_not_seen(tmp_path: Path)
 
 def test_four_xx_reject_text_tempfails(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject: later/ REJECT 4.7.1 try later\n")
-    v = e.evaluate(msg("Subject: later\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: later\n\nx\n"), ENV, ctx())
     assert v.action is Action.TEMPFAIL
     assert str(v.reply) == "451 4.7.1 try later"
 
@@ -156,7 +160,7 @@ def test_prepend_ignore_and_replace_become_milter_header_edits(tmp_path: Path) -
         "/^X-Old: (.*)/ REPLACE X-Old: new $1\n/^X-Rename: (.*)/ REPLACE X-Renamed: $1\n",
     )
     m = msg("Subject: s\nX-Drop: 1\nX-Tag: t\nX-Old: o\nX-Rename: r\n\nx\n")
-    v = e.evaluate(m, ENV, CTX)
+    v = e.evaluate(m, ENV, ctx())
     ops = [(x.op, x.name, x.value, x.index) for x in v.header_edits]
     assert (HeaderOp.DELETE, "X-Drop", "", 1) in ops
     assert (HeaderOp.CHANGE, "X-Old", "new o", 1) in ops
@@ -171,15 +175,15 @@ def test_prepend_ignore_and_replace_become_milter_header_edits(tmp_path: Path) -
 
 def test_bcc_adds_a_recipient_and_dunno_stops_the_line(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^To:.*vip/ DUNNO\n/^To:/ BCC audit@example.com\n")
-    assert e.evaluate(msg("To: vip@x\n\nx\n"), ENV, CTX).add_recipients == ()
-    assert e.evaluate(msg("To: a@x\n\nx\n"), ENV, CTX).add_recipients == ("audit@example.com",)
+    assert e.evaluate(msg("To: vip@x\n\nx\n"), ENV, ctx()).add_recipients == ()
+    assert e.evaluate(msg("To: a@x\n\nx\n"), ENV, ctx()).add_recipients == ("audit@example.com",)
 
 
 @pytest.mark.expect_log("WARNING", "lookup error")
 def test_non_utf8_result_defers_like_a_postfix_lookup_error(tmp_path: Path) -> None:
     (tmp_path / "t").write_bytes(b"/^Subject:/ REJECT caf\xe9\n")
     e, _ = engine(tmp_path, header_checks=[str(tmp_path / "t")])
-    v = e.evaluate(msg("Subject: s\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: s\n\nx\n"), ENV, ctx())
     assert v.action is Action.TEMPFAIL
     assert str(v.reply).startswith("451 4.3.0")
 
@@ -189,34 +193,34 @@ def test_non_utf8_result_defers_like_a_postfix_lookup_error(tmp_path: Path) -> N
 
 def test_encoded_subject_matches_in_decoded_form_only(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject:.*free money/ REJECT no\n")
-    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, ctx())
     assert v.action is Action.REJECT
     assert v.details["form"] == "decoded"
     assert v.details["matched"] == "Subject: free money"
     e2, _ = engine(tmp_path, "/^Subject:.*free money/ REJECT no\n", decoded_matching=False)
-    assert e2.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, CTX).action is (
+    assert e2.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, ctx()).action is (
         Action.ACCEPT
     )
 
 
 def test_folded_header_matches_unfolded(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject: free money/ REJECT no\n")
-    assert e.evaluate(msg("Subject: free\n money\n\nx\n"), ENV, CTX).action is Action.REJECT
+    assert e.evaluate(msg("Subject: free\n money\n\nx\n"), ENV, ctx()).action is Action.REJECT
 
 
 def test_body_rule_sees_base64_and_html_text(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, body="/big casino/ DISCARD\n")
     b64 = "Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\nYmlnIGNhc2lubyB3aW5z\n"
-    v = e.evaluate(msg(f"Subject: s\n{b64}"), ENV, CTX)
+    v = e.evaluate(msg(f"Subject: s\n{b64}"), ENV, ctx())
     assert v.action is Action.DISCARD
     assert v.details["form"] == "decoded"
     html = "Content-Type: text/html\n\n<p>big <b>casino</b></p>\n"
-    assert e.evaluate(msg(f"Subject: s\n{html}"), ENV, CTX).action is Action.DISCARD
+    assert e.evaluate(msg(f"Subject: s\n{html}"), ENV, ctx()).action is Action.DISCARD
 
 
 def test_raw_body_line_matches_without_decoding(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, body="/^visit casino/ REJECT casino\n")
-    v = e.evaluate(msg("Subject: s\n\nvisit casino now\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: s\n\nvisit casino now\n"), ENV, ctx())
     assert v.action is Action.REJECT
     assert v.details["form"] == "raw"
 
@@ -228,7 +232,7 @@ def test_mime_part_headers_go_to_mime_header_checks(tmp_path: Path) -> None:
         "--b1\nContent-Type: application/octet-stream\nContent-Disposition: attachment;\n"
         ' filename="x.exe"\n\nAAAA\n--b1--\n'
     )
-    v = e.evaluate(msg(f"Subject: s\nMIME-Version: 1.0\n{body}"), ENV, CTX)
+    v = e.evaluate(msg(f"Subject: s\nMIME-Version: 1.0\n{body}"), ENV, ctx())
     assert v.action is Action.REJECT
     assert "mime_header_checks" in str(v.details["where"])
 
@@ -239,16 +243,16 @@ def test_mime_part_headers_go_to_mime_header_checks(tmp_path: Path) -> None:
 def test_yaml_rule_scoped_to_inbound_skips_authenticated_mail(tmp_path: Path) -> None:
     rule = {"header": "Subject", "match": "invoice", "action": "HOLD", "scope": "inbound"}
     e, _ = engine(tmp_path, rules=[rule])
-    assert e.evaluate(msg("Subject: your invoice\n\nx\n"), ENV, CTX).action is Action.QUARANTINE
+    assert e.evaluate(msg("Subject: your invoice\n\nx\n"), ENV, ctx()).action is Action.QUARANTINE
     authed = Envelope(**{**{f: getattr(ENV, f) for f in Envelope.__dataclass_fields__},
                          "auth_user": "alice"})  # fmt: skip
-    assert e.evaluate(msg("Subject: your invoice\n\nx\n"), authed, CTX).action is Action.ACCEPT
+    assert e.evaluate(msg("Subject: your invoice\n\nx\n"), authed, ctx()).action is Action.ACCEPT
 
 
 def test_yaml_rule_in_warn_mode_stamps_a_header_and_does_not_act(tmp_path: Path) -> None:
     rule = {"header": "Subject", "match": "scam", "action": "DISCARD", "mode": "warn"}
     e, _ = engine(tmp_path, rules=[rule])
-    v = e.evaluate(msg("Subject: scam alert\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: scam alert\n\nx\n"), ENV, ctx())
     assert v.action is Action.ADD_HEADER
     (edit,) = v.header_edits
     assert edit.name == "X-Postwarden-Warn"
@@ -259,8 +263,8 @@ def test_yaml_rule_with_sender_pattern_only_applies_to_that_sender(tmp_path: Pat
     rule = {"header": "*", "match": "^X-Campaign:", "action": "REJECT", "senders": ["@bulk\\."]}
     e, _ = engine(tmp_path, rules=[rule])
     bulk = Envelope(mail_from="a@bulk.example", recipients=("r@x",))
-    assert e.evaluate(msg("X-Campaign: 1\n\nx\n"), bulk, CTX).action is Action.REJECT
-    assert e.evaluate(msg("X-Campaign: 1\n\nx\n"), ENV, CTX).action is Action.ACCEPT
+    assert e.evaluate(msg("X-Campaign: 1\n\nx\n"), bulk, ctx()).action is Action.REJECT
+    assert e.evaluate(msg("X-Campaign: 1\n\nx\n"), ENV, ctx()).action is Action.ACCEPT
 
 
 def test_yaml_rule_with_bad_regex_is_a_config_error() -> None:
@@ -294,7 +298,7 @@ def test_hostile_messages_get_a_verdict(tmp_path: Path, raw: bytes) -> None:
         "/^Subject:.*caf/ WARN x\n/^X-H9999:/ HOLD last\n/^Subject: A+B/ REJECT no\n",
         body="/x/ WARN body\n",
     )
-    v = e.evaluate(Message.from_bytes(raw), ENV, CTX)
+    v = e.evaluate(Message.from_bytes(raw), ENV, ctx())
     assert v.action in (Action.ACCEPT, Action.ADD_HEADER, Action.QUARANTINE)
 
 
@@ -309,7 +313,7 @@ def test_catastrophic_backtracking_pattern_is_bounded(tmp_path: Path) -> None:
     )
     first = e.tables[LineClass.HEADER][0].rules[0]
     assert isinstance(first, MatchRule) and first.first.compiled.engine == "fallback"
-    v = e.evaluate(msg("Subject: " + "a" * 40 + "!\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: " + "a" * 40 + "!\n\nx\n"), ENV, ctx())
     assert v.action is Action.ACCEPT
     assert v.details["matches"][0]["text"] == "next rule still runs"  # type: ignore[index]
     assert e.fallback.timeouts == 1
@@ -327,7 +331,7 @@ def test_body_and_part_header_edits_rewrite_the_body(tmp_path: Path) -> None:
         'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n'
         "Content-Description: secret plan\n\ndear reader\ntracking pixel here\nold footer\n--b--\n"
     )
-    v = e.evaluate(msg(f"Subject: s\n{body}"), ENV, CTX)
+    v = e.evaluate(msg(f"Subject: s\n{body}"), ENV, ctx())
     assert v.new_body is not None
     assert v.new_body == (
         b"--b\r\nContent-Type: text/plain\r\n\r\nHi!\r\ndear reader\r\nnew footer\r\n--b--\r\n"
@@ -337,7 +341,7 @@ def test_body_and_part_header_edits_rewrite_the_body(tmp_path: Path) -> None:
 def test_body_edits_are_not_applied_to_a_truncated_body(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, body="/^drop me/ IGNORE\n")
     m = Message.from_bytes(b"Subject: s\r\n\r\ndrop me\r\n" + b"x" * 100, max_body_size=20)
-    v = e.evaluate(m, ENV, CTX)
+    v = e.evaluate(m, ENV, ctx())
     assert v.new_body is None
     assert "max_body_size" in v.details["matches"][0]["note"]  # type: ignore[index]
 
@@ -346,22 +350,22 @@ def test_body_inspection_stops_at_body_checks_size_limit(tmp_path: Path) -> None
     e, _ = engine(tmp_path, body="/needle/ REJECT found\n", body_checks_size_limit="1KB")
     early = msg("Subject: s\n\nneedle\n" + "x" * 5000 + "\n")
     late = msg("Subject: s\n\n" + "x" * 5000 + "needle\n")
-    assert e.evaluate(early, ENV, CTX).action is Action.REJECT
-    assert e.evaluate(late, ENV, CTX).action is Action.ACCEPT
+    assert e.evaluate(early, ENV, ctx()).action is Action.REJECT
+    assert e.evaluate(late, ENV, ctx()).action is Action.ACCEPT
 
 
 def test_filter_is_recorded_and_mapped_to_the_configured_header(tmp_path: Path) -> None:
     e, _ = engine(
         tmp_path, "/^X-Route:/ FILTER smtp:[relay.example]:25\n", filter_header="X-Filter"
     )
-    v = e.evaluate(msg("X-Route: 1\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("X-Route: 1\n\nx\n"), ENV, ctx())
     assert v.details["filter"] == "smtp:[relay.example]:25"
     assert [(h.name, h.value) for h in v.header_edits] == [("X-Filter", "smtp:[relay.example]:25")]
 
 
 def test_pass_stops_inspection_and_strip_deletes_the_header(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^X-Strip:/ STRIP gone\n/^X-Trusted:/ PASS\n/^Subject:/ REJECT\n")
-    v = e.evaluate(msg("X-Strip: 1\nX-Trusted: yes\nSubject: s\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("X-Strip: 1\nX-Trusted: yes\nSubject: s\n\nx\n"), ENV, ctx())
     assert v.action is Action.ADD_HEADER
     assert [(x.op, x.name) for x in v.header_edits] == [(HeaderOp.DELETE, "X-Strip")]
 
@@ -371,14 +375,14 @@ def test_raw_match_in_a_later_table_beats_decoded_match_in_an_earlier_one(tmp_pa
     (tmp_path / "second").write_text("/^Subject: =\\?utf-8\\?/ WARN raw hit\n")
     tables = [str(tmp_path / "first"), str(tmp_path / "second")]
     e, _ = engine(tmp_path, header_checks=tables)
-    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, ctx())
     assert v.action is Action.ACCEPT  # as Postfix: the raw WARN in the second table
     assert v.details["matches"][0]["text"] == "raw hit"  # type: ignore[index]
 
 
 def test_scan_json_keeps_the_verdict_action_and_shows_rule_form_and_reply(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, "/^Subject:.*free money/ REJECT 5.7.1 no\n")
-    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, CTX)
+    v = e.evaluate(msg("Subject: =?utf-8?B?ZnJlZSBtb25leQ==?=\n\nx\n"), ENV, ctx())
     result = PipelineResult("m.eml", v.action, [StageResult("headers", v, v)])
     out = result_json(result)["milters"]["headers"]
     assert out["action"] == "reject"
