@@ -1,0 +1,199 @@
+"""Verifying every DKIM-Signature of a message (RFC 6376 section 6), with dkimpy.
+
+Each signature gets one of RFC 8601's results (section 2.7.1), decided here
+so that the reasons are ours and stable:
+
+- permerror: the signature or key cannot be used at all: malformed tag
+  list, missing tags, bad base64, unknown algorithm, no key record, a
+  revoked key (empty p=, RFC 6376 section 3.6.1) or an unusable key;
+- temperror: the key record could not be fetched now (DNS timeout or
+  failure, or the message's time budget ran out before its turn);
+- fail: the signature is well formed but the body hash or the signature
+  does not match, or it expired (x= in the past by our clock);
+- policy: it verifies, but we do not accept it: `l=` leaves part of the body
+  unsigned (anyone may append content, RFC 6376 section 8.2) or the RSA key
+  is smaller than `min_key_bits` (RFC 8301);
+- pass.
+
+At most `max_signatures` signatures are evaluated (a message with 50
+signatures costs 5 key lookups, not 50); the rest are left out and logged.
+Nothing here raises on bad input: library errors about the message become
+permerror for that one signature.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dkim
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from milters.dkim.records import KeyTemporaryError
+from postwarden.budget import Budget
+
+log = logging.getLogger("postwarden.milter.dkim")
+# dkimpy logs every step at debug; keep it out of our decision lines.
+_LIB_LOG = logging.getLogger("postwarden.milter.dkim.dkimpy")
+
+# Malformed input surfaces from dkimpy and the codecs as these.
+_INPUT_ERRORS = (
+    dkim.DKIMException,
+    InvalidTagValueList,
+    InvalidCanonicalizationPolicyError,
+    binascii.Error,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    UnicodeError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureResult:
+    """One signature's verdict, as Authentication-Results reports it."""
+
+    result: str  # pass | fail | neutral | policy | temperror | permerror
+    domain: str = ""
+    selector: str = ""
+    algorithm: str = ""
+    b_prefix: str = ""
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.result == "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyLimits:
+    max_signatures: int = 5
+    min_key_bits: int = 1024
+    # Stop starting new work when less than this share of the budget is left,
+    # so the verdict (with temperror for the rest) still makes it back.
+    reserve: float = 0.1
+
+
+def _text(value: bytes | None, limit: int = 253) -> str:
+    if value is None:
+        return ""
+    return value.decode("ascii", "replace")[:limit]
+
+
+def _b_prefix(tags: dict[bytes, bytes]) -> str:
+    return re.sub(r"\s+", "", _text(tags.get(b"b"), 4096))[:8]
+
+
+def verify_all(
+    raw: bytes,
+    fetch: Callable[[str, Budget], str | None],
+    budget: Budget,
+    now: float,
+    limits: VerifyLimits,
+) -> tuple[list[SignatureResult], int]:
+    """Results for the first `max_signatures` signatures, and how many were skipped."""
+    try:
+        verifier = dkim.DKIM(raw, logger=_LIB_LOG, minkey=limits.min_key_bits)
+    except _INPUT_ERRORS as exc:
+        count = raw.lower().count(b"\ndkim-signature:") + raw[:15].lower().startswith(
+            b"dkim-signature:"
+        )
+        reason = f"message not parseable: {str(exc)[:120]}"
+        return [SignatureResult("permerror", reason=reason)] * min(
+            count, limits.max_signatures
+        ), max(0, count - limits.max_signatures)
+    sig_values = [v for n, v in verifier.headers if n.lower() == b"dkim-signature"]
+    results: list[SignatureResult] = []
+    reserve = budget.seconds * limits.reserve if budget.seconds != float("inf") else 0.0
+    for idx, value in enumerate(sig_values[: limits.max_signatures]):
+        if budget.remaining() <= reserve:
+            results.append(SignatureResult("temperror", reason="time budget used up"))
+            continue
+        results.append(_verify_one(verifier, idx, value, fetch, budget, now, limits))
+    return results, max(0, len(sig_values) - limits.max_signatures)
+
+
+def _verify_one(
+    verifier: dkim.DKIM,
+    idx: int,
+    value: bytes,
+    fetch: Callable[[str, Budget], str | None],
+    budget: Budget,
+    now: float,
+    limits: VerifyLimits,
+) -> SignatureResult:
+    try:
+        tags = parse_tag_value(value)
+    except _INPUT_ERRORS as exc:
+        return SignatureResult("permerror", reason=f"malformed signature: {str(exc)[:80]}")
+    base = SignatureResult(
+        "permerror",
+        domain=_text(tags.get(b"d")).lower(),
+        selector=_text(tags.get(b"s"), 63),
+        algorithm=_text(tags.get(b"a"), 32),
+        b_prefix=_b_prefix(tags),
+    )
+
+    def result(kind: str, reason: str = "") -> SignatureResult:
+        return SignatureResult(
+            kind, base.domain, base.selector, base.algorithm, base.b_prefix, reason[:120]
+        )
+
+    x = tags.get(b"x", b"")
+    if x.isdigit() and int(x) < now:
+        return result("fail", "signature expired")
+    try:
+        dkim.validate_signature_fields(tags)
+    except _INPUT_ERRORS as exc:
+        return result("permerror", str(exc))
+    name = f"{base.selector}._domainkey.{base.domain}"
+    try:
+        record = fetch(name, budget)
+    except KeyTemporaryError as exc:
+        return result("temperror", str(exc))
+    if record is None:
+        return result("permerror", "no key record")
+    try:
+        key_tags = parse_tag_value(record.encode("ascii", "replace"))
+    except _INPUT_ERRORS:
+        return result("permerror", "malformed key record")
+    if key_tags.get(b"p", None) == b"":
+        return result("permerror", "key revoked")
+    try:
+        dkim.evaluate_pk(name.encode("ascii", "replace"), record.encode("ascii", "replace"))
+    except _INPUT_ERRORS as exc:
+        return result("permerror", f"unusable key: {exc}")
+    budget.check("dkim verify")
+
+    def dnsfunc(_name: bytes, timeout: int = 5) -> bytes:
+        return record.encode("ascii", "replace")
+
+    try:
+        ok = verifier.verify(idx, dnsfunc=dnsfunc)
+    except dkim.KeyFormatError as exc:
+        if "too small" in str(exc):
+            return result("policy", f"key too small ({verifier.keysize} bits)")
+        return result("permerror", str(exc))
+    except dkim.ValidationError as exc:
+        if "body hash mismatch" in str(exc):
+            return result("fail", "body hash mismatch")
+        return result("permerror", str(exc))
+    except _INPUT_ERRORS as exc:
+        return result("permerror", str(exc))
+    if not ok:
+        return result("fail", "signature did not verify")
+    if b"l" in tags:
+        unsigned = _unsigned_body(verifier.body, tags)
+        if unsigned:
+            return result("policy", f"l= leaves {unsigned} body bytes unsigned")
+    return result("pass")
+
+
+def _unsigned_body(body: bytes, tags: dict[bytes, bytes]) -> int:
+    policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
+    return max(0, len(policy.canonicalize_body(body)) - int(tags[b"l"]))
