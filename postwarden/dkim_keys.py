@@ -131,3 +131,31 @@ def write_private_key(path: str | os.PathLike[str], key: PrivateKey) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     os.chmod(path, 0o600)
+
+
+def record_problems(text: str | None, key: PrivateKey) -> list[str]:
+    """Why a published TXT record does not publish `key` ([] = it does).
+
+    RFC 6376 section 3.6.1: v= (if given) must be DKIM1, k= defaults to rsa,
+    an empty p= means the key was revoked.
+    """
+    if text is None:
+        return ["no TXT record is published"]
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags[name.strip()] = "".join(value.split())
+    problems = []
+    if tags.get("v", "DKIM1") != "DKIM1":
+        problems.append(f"v={tags['v']} (must be DKIM1)")
+    want_k = "ed25519" if isinstance(key, ed25519.Ed25519PrivateKey) else "rsa"
+    if tags.get("k", "rsa") != want_k:
+        problems.append(f"k={tags.get('k', 'rsa')} but the key file holds an {want_k} key")
+    if "p" not in tags:
+        problems.append("no p= tag")
+    elif tags["p"] == "":
+        problems.append("p= is empty: the key is revoked")
+    elif tags["p"] != public_key_b64(key):
+        problems.append("p= is a different public key than the key file's")
+    return problems
