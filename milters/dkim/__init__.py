@@ -32,17 +32,18 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from milters.context import MessageContext, ServiceContext
-from milters.dkim import authres
+from milters.dkim import arc, authres, dmarc
 from milters.dkim.keys import KeyTable
-from milters.dkim.records import KeyRecords
+from milters.dkim.records import KeyRecords, KeyTemporaryError
 from milters.dkim.sign import SignRequest, sign
 from milters.dkim.verify import SignatureResult, VerifyLimits, verify_all
 from milters.engine import MilterSpec, Needs
-from milters.message import Envelope, HeaderEdit, HeaderOp, Message, Verdict
+from milters.message import Action, Envelope, HeaderEdit, HeaderOp, Message, Verdict
 from postwarden.config.schema import Settings
-from postwarden.config.sections.dkim import DkimMilterSettings
+from postwarden.config.sections.dkim import DkimMilterSettings, DmarcEnforcement
 from postwarden.config.units import Network
 from postwarden.dkim_keys import KeyFileError
+from postwarden.replies import DMARC_REJECT
 
 log = logging.getLogger("postwarden.milter.dkim")
 
@@ -71,7 +72,7 @@ def from_domain(msg: Message) -> str:
 
 class DkimEngine:
     name = "dkim"
-    needs = Needs(headers=True, body=True, add_headers=True, change_headers=True)
+    needs = Needs(headers=True, body=True, add_headers=True, change_headers=True, quarantine=True)
 
     def __init__(
         self,
@@ -79,7 +80,9 @@ class DkimEngine:
         trusted: tuple[Network, ...],
         keys: KeyTable,
         records: KeyRecords,
+        spf_receiver: str = "",
     ) -> None:
+        self.spf_receiver = spf_receiver
         self.settings = settings
         self.trusted = trusted
         self.keys = keys
@@ -124,21 +127,88 @@ class DkimEngine:
                 reason += "; not signed: client neither authenticated nor trusted"
             log.info("dkim %s", reason)
             return Verdict(reason=reason, header_edits=tuple(edits), details=details)
+        raw = self._raw(msg)
         results, skipped = verify_all(
-            self._raw(msg), self.records.fetch, ctx.budget, ctx.clock.now(), self.limits
+            raw, self.records.fetch, ctx.budget, ctx.clock.now(), self.limits
         )
-        value = authres.header_value(self.authserv_id, results)
-        edits.append(HeaderEdit(HeaderOp.INSERT, authres.HEADER, value, 0))
         summary = ", ".join(_short(r) for r in results) or "none"
         details["dkim"] = [_detail(r) for r in results]
         if skipped:
             details["signatures_not_evaluated"] = skipped
             summary += f" (+{skipped} signatures not evaluated)"
         reason = f"dkim={summary}"
+        clauses = []
+        arc_result = None
+        if self.settings.arc:
+            arc_result = arc.verify_chain(
+                raw, lambda name: self.records.fetch(name, ctx.budget), self.settings.min_key_bits
+            )
+            clauses.append(authres.arc_clause(arc_result))
+            details["arc"] = arc_result.result
+            reason += f"; arc={arc_result.result}"
+        verdict_action = Action.ACCEPT
+        reply = None
+        if self.settings.dmarc:
+            dm = self._dmarc(msg, env, results, ctx)
+            if dm is not None:
+                action, note = self._enforce(dm, arc_result)
+                clauses.append(authres.dmarc_clause(dm, note))
+                details["dmarc"] = dm.result
+                reason += f"; dmarc={dm.result} p={dm.requested} dis={note}"
+                if action is Action.REJECT:
+                    verdict_action = Action.REJECT
+                    reply = DMARC_REJECT.with_text(
+                        f"Email rejected per DMARC policy for {dm.from_domain}"
+                    )
+                elif action is Action.QUARANTINE:
+                    verdict_action = Action.QUARANTINE
+        value = authres.header_value(self.authserv_id, results, clauses)
+        edits.append(HeaderEdit(HeaderOp.INSERT, authres.HEADER, value, 0))
         if self.settings.sign:
             reason += "; not signed: client neither authenticated nor trusted"
         log.info("dkim %s", reason)
-        return Verdict(reason=reason, header_edits=tuple(edits), details=details)
+        return Verdict(
+            verdict_action, reason=reason, reply=reply, header_edits=tuple(edits), details=details
+        )
+
+    # -- DMARC ---------------------------------------------------------------
+    def _dmarc(
+        self,
+        msg: Message,
+        env: Envelope,
+        results: list[SignatureResult],
+        ctx: MessageContext,
+    ) -> dmarc.DmarcResult | None:
+        domain = from_domain(msg)
+        if not domain:
+            return None
+
+        def txt(name: str) -> list[str] | None:
+            try:
+                answer = self.records.txt(name, ctx.budget)
+            except KeyTemporaryError as exc:
+                raise dmarc.DmarcTemporaryError(str(exc)) from None
+            return None if answer is None else answer[0]
+
+        spf = dmarc.spf_from_header(msg, self.spf_receiver)
+        return dmarc.evaluate(domain, results, spf, txt)
+
+    def _enforce(
+        self, dm: dmarc.DmarcResult, arc_result: arc.ArcResult | None
+    ) -> tuple[Action, str]:
+        """(action, disposition) for a DMARC result (RFC 7489 section 6.6.4)."""
+        if dm.result != "fail" or dm.requested == "none":
+            return Action.ACCEPT, "none"
+        if self.settings.dmarc_enforcement is not DmarcEnforcement.ENFORCE:
+            return Action.ACCEPT, "none"
+        trusted = {d.lower() for d in self.settings.trusted_arc_sealers}
+        if arc_result is not None and arc_result.result == "pass" and arc_result.sealer in trusted:
+            return Action.ACCEPT, "none"  # a trusted forwarder vouched for it (RFC 8617 7.2)
+        if dm.requested == "reject":
+            return Action.REJECT, "reject"
+        if self.settings.dmarc_quarantine_hold:
+            return Action.QUARANTINE, "quarantine"
+        return Action.ACCEPT, "quarantine"
 
     # -- signing -----------------------------------------------------------
     def sign(self, msg: Message, ctx: MessageContext) -> SignOutcome:
@@ -236,7 +306,7 @@ def build_from(settings: Settings, ctx: ServiceContext) -> DkimEngine | None:
         float(settings.dns.timeout),
         float(s.key_cache_ttl),
     )
-    return DkimEngine(s, settings.trusted_networks, keys, records)
+    return DkimEngine(s, settings.trusted_networks, keys, records, settings.policyd.spf.receiver)
 
 
 MILTER = MilterSpec(

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import authres
 
+from milters.dkim.arc import ArcResult
+from milters.dkim.dmarc import DmarcResult
 from milters.dkim.verify import SignatureResult
 from milters.message import HeaderEdit, HeaderOp, Message
 
@@ -62,6 +64,27 @@ def dkim_clause(r: SignatureResult) -> authres.AuthenticationResult:
         props.append(_prop("b", r.b_prefix))
     return authres.AuthenticationResult(
         "dkim", result=r.result, reason=r.reason or None, properties=props
+    )
+
+
+def arc_clause(r: ArcResult) -> authres.AuthenticationResult:
+    comment = f"i={r.instance} d={r.sealer}" if r.instance else None
+    return authres.AuthenticationResult(
+        "arc", result=r.result, result_comment=comment, reason=r.reason or None
+    )
+
+
+def dmarc_clause(r: DmarcResult, disposition: str) -> authres.AuthenticationResult:
+    """`dmarc=fail (p=reject sp=reject dis=none) header.from=example.org`."""
+    comment = None
+    if r.policy is not None:
+        comment = f"p={r.policy.p} sp={r.policy.sp} dis={disposition}"
+    return authres.AuthenticationResult(
+        "dmarc",
+        result=r.result,
+        result_comment=comment,
+        reason=r.reason or None,
+        properties=[authres.AuthenticationResultProperty("header", "from", r.from_domain)],
     )
 
 

@@ -59,12 +59,28 @@ class KeyRecords:
         cached = self._cached(name)
         if cached is not None:
             return cached
+        answer = self.txt(name, budget)
+        if answer is None:
+            return None
+        texts, ttl = answer
+        # RFC 6376 section 3.6.2.2: strings of one record are concatenated;
+        # more than one record is ambiguous, so only the first counts.
+        text = texts[0] if texts else None
+        if text is not None:
+            self._remember(name, text, min(ttl, self.max_ttl))
+        return text
+
+    def txt(self, name: str, budget: Budget) -> tuple[list[str], int] | None:
+        """Every TXT record at `name` (strings joined) and the TTL; None if none.
+
+        No cache but the resolver's own; KeyTemporaryError when DNS fails.
+        """
         lifetime = budget.cap(self.timeout)
         if lifetime < MIN_LOOKUP_TIME:
             raise KeyTemporaryError("no time left in the message's budget for DNS")
         try:
             answer = self._resolver().resolve(
-                name + ".", "TXT", lifetime=lifetime, raise_on_no_answer=False
+                name.rstrip(".") + ".", "TXT", lifetime=lifetime, raise_on_no_answer=False
             )
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None
@@ -74,13 +90,8 @@ class KeyRecords:
             raise KeyTemporaryError(f"DNS error for {name}: {exc}") from None
         if answer.rrset is None:
             return None
-        # RFC 6376 section 3.6.2.2: strings of one record are concatenated;
-        # more than one record is ambiguous, so only the first counts.
         texts = [b"".join(r.strings).decode("ascii", "replace") for r in answer.rrset]
-        text = texts[0] if texts else None
-        if text is not None:
-            self._remember(name, text, min(int(answer.rrset.ttl), self.max_ttl))
-        return text
+        return texts, int(answer.rrset.ttl)
 
     def _cached(self, name: str) -> str | None:
         if self._store is None or self.max_ttl <= 0:

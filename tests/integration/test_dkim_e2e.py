@@ -148,7 +148,7 @@ def test_forged_authentication_results_are_removed_in_transit(
     _resend(postfix, data, OUTSIDE)
     [got] = sink.wait_for(1)
     assert [_unfolded(v) for v in got.headers("Authentication-Results")] == [
-        "mx.example.net; dkim=none"
+        "mx.example.net; dkim=none; arc=none; dmarc=none header.from=example.org"
     ]
 
 

@@ -322,7 +322,9 @@ def test_bare_lf_and_8bit_headers_sign_and_verify(make_engine: Make) -> None:
 
 def test_unsigned_message_gets_dkim_none(make_engine: Make) -> None:
     verdict = run(make_engine(), MESSAGE, INBOUND)
-    assert authentication_results(verdict) == "mx.example.net; dkim=none"
+    assert authentication_results(verdict) == (
+        "mx.example.net; dkim=none; arc=none; dmarc=none header.from=example.org"
+    )
     assert "not signed: client neither authenticated nor trusted" in verdict.reason
 
 
@@ -340,7 +342,10 @@ def test_forged_authentication_results_with_our_id_are_removed_others_kept(
     verdict = run(make_engine(), raw, INBOUND)
     out = apply_edits(Message.from_bytes(raw), verdict)
     values = [re.sub(r"\s+", " ", v) for v in out.get_all("Authentication-Results")]
-    assert values == ["mx.example.net; dkim=none", "other.example; spf=pass"]
+    assert values == [
+        "mx.example.net; dkim=none; arc=none; dmarc=none header.from=example.org",
+        "other.example; spf=pass",
+    ]
 
 
 # -- when not to sign -----------------------------------------------------------
