@@ -9,7 +9,6 @@ can trust a forwarder listed in `trusted_arc_sealers` (RFC 8617 section 7.2).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,8 +16,7 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from milters.dkim.records import KeyTemporaryError
-
-_LIB_LOG = logging.getLogger("postwarden.milter.dkim.dkimpy")
+from milters.dkim.verify import LIB_LOG
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +57,7 @@ def verify_chain(raw: bytes, fetch: Callable[[str], str | None], min_key_bits: i
         return None if text is None else text.encode("ascii", "replace")
 
     try:
-        cv, _, comment = dkim.arc_verify(raw, logger=_LIB_LOG, dnsfunc=dnsfunc, minkey=min_key_bits)
+        cv, _, comment = dkim.arc_verify(raw, logger=LIB_LOG, dnsfunc=dnsfunc, minkey=min_key_bits)
     except KeyTemporaryError as exc:
         return ArcResult("temperror", sealer, instance, str(exc))
     except (dkim.DKIMException, ValueError, TypeError, IndexError, KeyError) as exc:

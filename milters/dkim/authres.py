@@ -83,7 +83,8 @@ def dmarc_clause(r: DmarcResult, disposition: str) -> authres.AuthenticationResu
         "dmarc",
         result=r.result,
         result_comment=comment,
-        reason=r.reason or None,
+        # Only errors carry a reason; pass/fail say enough with the policy.
+        reason=(r.reason or None) if r.result == "temperror" else None,
         properties=[authres.AuthenticationResultProperty("header", "from", r.from_domain)],
     )
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from milters.context import MessageContext, ServiceContext
 from milters.dkim import DkimEngine, build
-from milters.message import Envelope, HeaderOp, Message, Verdict
+from milters.message import Action, Envelope, HeaderOp, Message, Verdict
 from milters.pipeline import apply_edits
 from postwarden.budget import Budget
 from postwarden.clock import Clock, ManualClock, SystemClock
@@ -43,6 +43,10 @@ ZONE: Zone = {
     "f1._domainkey.sender.example": [("TXT", dns_record("sender.example", "f1", FOREIGN).value)],
     "old._domainkey.sender.example": [("TXT", "v=DKIM1; k=rsa; p=")],
     "slow._domainkey.slow.example": [TIMEOUT],
+    "f1._domainkey.fwd.example": [("TXT", dns_record("fwd.example", "f1", FOREIGN).value)],
+    "_dmarc.example.org": [("TXT", "v=DMARC1; p=reject")],
+    "_dmarc.sender.example": [("TXT", "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@x")],
+    "_dmarc.strict.sender.example": [("TXT", "v=DMARC1; p=reject; adkim=s; aspf=s")],
 }
 
 MESSAGE = (
@@ -323,7 +327,8 @@ def test_bare_lf_and_8bit_headers_sign_and_verify(make_engine: Make) -> None:
 def test_unsigned_message_gets_dkim_none(make_engine: Make) -> None:
     verdict = run(make_engine(), MESSAGE, INBOUND)
     assert authentication_results(verdict) == (
-        "mx.example.net; dkim=none; arc=none; dmarc=none header.from=example.org"
+        "mx.example.net; dkim=none; arc=none;"
+        " dmarc=fail (p=reject sp=reject dis=none) header.from=example.org"
     )
     assert "not signed: client neither authenticated nor trusted" in verdict.reason
 
@@ -343,7 +348,8 @@ def test_forged_authentication_results_with_our_id_are_removed_others_kept(
     out = apply_edits(Message.from_bytes(raw), verdict)
     values = [re.sub(r"\s+", " ", v) for v in out.get_all("Authentication-Results")]
     assert values == [
-        "mx.example.net; dkim=none; arc=none; dmarc=none header.from=example.org",
+        "mx.example.net; dkim=none; arc=none;"
+        " dmarc=fail (p=reject sp=reject dis=none) header.from=example.org",
         "other.example; spf=pass",
     ]
 
@@ -466,3 +472,137 @@ def test_unreadable_key_file_is_a_config_error(keydir: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text(text, "pw.yaml")
     assert "neither a PEM key nor a base64 Ed25519 seed" in str(info.value.problems[0])
+
+
+# -- DMARC (RFC 7489) -----------------------------------------------------------
+
+
+def _signed_by_sender(raw: bytes) -> bytes:
+    """Signed with d=sender.example by dkimpy (another sender's MTA)."""
+    header: bytes = dkim.DKIM(raw).sign(
+        b"f1", b"sender.example", _pkcs1(FOREIGN), include_headers=[b"from", b"subject"]
+    )
+    return header + raw
+
+
+def _from(domain: str) -> bytes:
+    return MESSAGE.replace(b"alice@example.org", f"alice@{domain}".encode())
+
+
+ENFORCE = "    dmarc_enforcement: enforce\n"
+
+
+def test_dmarc_passes_with_our_own_aligned_signature(make_engine: Make) -> None:
+    engine = make_engine()
+    verdict = run(engine, signed(engine), INBOUND)
+    assert "dmarc=pass (p=reject sp=reject dis=none) header.from=example.org" in (
+        authentication_results(verdict)
+    )
+
+
+def test_dmarc_relaxed_alignment_uses_the_organisational_domain(make_engine: Make) -> None:
+    # From news.sender.example has no record: the org domain's applies (6.6.3)
+    verdict = run(make_engine(), _signed_by_sender(_from("news.sender.example")), INBOUND)
+    ar = authentication_results(verdict)
+    assert "dkim=pass header.d=sender.example" in ar
+    assert "dmarc=pass (p=reject sp=quarantine dis=none) header.from=news.sender.example" in ar
+
+
+def test_dmarc_strict_alignment_refuses_a_parent_domain_signature(make_engine: Make) -> None:
+    raw = _signed_by_sender(_from("strict.sender.example"))
+    verdict = run(make_engine(extra=ENFORCE), raw, INBOUND)
+    assert verdict.details["dmarc"] == "fail"
+    assert verdict.action is Action.REJECT
+
+
+def test_dmarc_fail_is_only_reported_by_default(make_engine: Make) -> None:
+    verdict = run(make_engine(), _from("sender.example"), INBOUND)
+    assert verdict.action is Action.ACCEPT
+    assert "dmarc=fail (p=reject sp=quarantine dis=none) header.from=sender.example" in (
+        authentication_results(verdict)
+    )
+
+
+def test_dmarc_reject_is_enforced_with_550_naming_the_policy(make_engine: Make) -> None:
+    verdict = run(make_engine(extra=ENFORCE), _from("sender.example"), INBOUND)
+    assert verdict.action is Action.REJECT
+    assert str(verdict.reply) == "550 5.7.1 Email rejected per DMARC policy for sender.example"
+
+
+def test_dmarc_subdomain_policy_sp_quarantines(make_engine: Make) -> None:
+    verdict = run(make_engine(extra=ENFORCE), _from("news.sender.example"), INBOUND)
+    assert verdict.action is Action.QUARANTINE
+    assert "dis=quarantine" in authentication_results(verdict)
+
+
+def test_dmarc_none_without_a_policy(make_engine: Make) -> None:
+    verdict = run(make_engine(extra=ENFORCE), _from("nopolicy.example"), INBOUND)
+    assert verdict.action is Action.ACCEPT
+    assert "dmarc=none header.from=nopolicy.example" in authentication_results(verdict)
+
+
+def _received_spf(result: str, domain: str, receiver: str = "mx.example.net") -> bytes:
+    return (
+        f"Received-SPF: {result} (mx: test) client-ip=192.0.2.7; "
+        f'envelope-from="bounce@{domain}"; helo=mail.{domain}; receiver={receiver}; '
+        "identity=mailfrom\r\n"
+    ).encode()
+
+
+SPF_RECEIVER = "policyd:\n  spf: {receiver: mx.example.net}\n"
+
+
+def test_dmarc_passes_on_policyds_aligned_spf_pass(make_engine: Make) -> None:
+    engine = make_engine(extra=ENFORCE + SPF_RECEIVER)
+    raw = _received_spf("pass", "sender.example") + _from("sender.example")
+    verdict = run(engine, raw, INBOUND)
+    assert verdict.details["dmarc"] == "pass"
+    assert verdict.action is Action.ACCEPT
+
+
+def test_dmarc_ignores_a_received_spf_not_at_the_top(make_engine: Make) -> None:
+    # A sender-supplied Received-SPF sits below the first header (policyd's
+    # own would be the first one the milter sees).
+    engine = make_engine(extra=ENFORCE + SPF_RECEIVER)
+    raw = _from("sender.example").replace(
+        b"Subject:", _received_spf("pass", "sender.example") + b"Subject:"
+    )
+    assert run(engine, raw, INBOUND).details["dmarc"] == "fail"
+    # ... and one naming another receiver is not ours either
+    forged = _received_spf("pass", "sender.example", "mx.evil.example") + _from("sender.example")
+    assert run(engine, forged, INBOUND).details["dmarc"] == "fail"
+
+
+# -- ARC (RFC 8617) ------------------------------------------------------------------
+
+
+def _forwarded_through_list(tamper_after_seal: bool = False) -> bytes:
+    """sender.example signs; the list fwd.example adds a footer (breaking DKIM),
+    records what it saw in Authentication-Results and seals the chain."""
+    original = _signed_by_sender(_from("sender.example"))
+    changed = original + b"-- \r\nlist footer\r\n"
+    with_ar = (
+        b"Authentication-Results: fwd.example; dkim=pass header.d=sender.example\r\n" + changed
+    )
+    seal = dkim.arc_sign(with_ar, b"f1", b"fwd.example", _pkcs1(FOREIGN), b"fwd.example")
+    sealed = b"".join(seal) + with_ar
+    return sealed + b"more\r\n" if tamper_after_seal else sealed
+
+
+def test_arc_chain_from_a_trusted_forwarder_overrides_dmarc_reject(make_engine: Make) -> None:
+    raw = _forwarded_through_list()
+    strict = run(make_engine(extra=ENFORCE), raw, INBOUND)
+    assert strict.details["arc"] == "pass"
+    assert dkim_results(strict) == ["fail"]
+    assert strict.action is Action.REJECT
+    trusting = make_engine(extra=ENFORCE + "    trusted_arc_sealers: [fwd.example]\n")
+    verdict = run(trusting, raw, INBOUND)
+    assert verdict.action is Action.ACCEPT
+    assert "arc=pass (i=1 d=fwd.example)" in authentication_results(verdict)
+
+
+def test_broken_arc_chain_fails(make_engine: Make) -> None:
+    engine = make_engine(extra=ENFORCE + "    trusted_arc_sealers: [fwd.example]\n")
+    verdict = run(engine, _forwarded_through_list(tamper_after_seal=True), INBOUND)
+    assert verdict.details["arc"] == "fail"
+    assert verdict.action is Action.REJECT
