@@ -38,6 +38,8 @@ def dns_server() -> Iterator[DnsServer]:
     zone = {
         "s1._domainkey.example.org": [("TXT", dns_record("example.org", "s1", KEY).value)],
         "ed1._domainkey.example.org": [("TXT", dns_record("example.org", "ed1", ED_KEY).value)],
+        "spf.example": [("TXT", "v=spf1 ip4:198.51.100.0/24 ~all")],
+        "_dmarc.spf.example": [("TXT", "v=DMARC1; p=reject")],
     }
     with DnsServer(zone) as server:
         yield server
@@ -196,3 +198,46 @@ def test_postwarden_verifies_what_opendkim_signs(
     [checked] = sink.wait_for(1)
     ar = _unfolded(checked.header("Authentication-Results"))
     assert "dkim=pass header.d=example.org header.s=s1 header.a=rsa-sha256" in ar, ar
+
+
+def test_dmarc_uses_the_spf_result_policyd_prepended(
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+    postfix_factory: PostfixFactory,
+    dns_server: DnsServer,
+    sink: SmtpSink,
+) -> None:
+    # Given policyd's SPF check and the dkim milter enforcing DMARC
+    config = postwarden_config(
+        milters=("dkim",),
+        checks=("spf",),
+        overrides={
+            "dns": {"nameservers": [dns_server.nameserver], "timeout": "2s"},
+            "policyd": {"spf": {"receiver": "mx.example.net", "query_timeout": "1s"}},
+            "milters": {"dkim": {"authserv_id": "mx.example.net", "dmarc_enforcement": "enforce"}},
+        },
+    )
+    postwarden_service(config, "policyd")
+    postwarden_service(config, "milter", "dkim")
+    postfix = postfix_factory(
+        policy_services=[config.socket("policyd")], smtpd_milters=[config.socket("dkim")]
+    )
+    data = make_message(subject="unsigned", mail_from="alice@spf.example")
+    # When an SPF-authorised client sends unsigned mail from spf.example
+    ok = postfix.send(
+        "alice@spf.example", "bob@example.net", data,
+        xclient=Xclient(addr="198.51.100.7", helo="mail.spf.example"),
+    )  # fmt: skip
+    # Then the milter saw policyd's Received-SPF: aligned SPF pass, DMARC pass
+    assert ok.accepted, ok.replies
+    [got] = sink.wait_for(1)
+    ar = _unfolded(got.header("Authentication-Results"))
+    assert "dmarc=pass (p=reject sp=reject dis=none) header.from=spf.example" in ar
+    # And from a client SPF does not authorise (~all: softfail, delivered by
+    # policyd), DMARC fails and p=reject is enforced
+    bad = postfix.send(
+        "alice@spf.example", "bob@example.net", data,
+        xclient=Xclient(addr="203.0.113.9", helo="mail.spf.example"),
+    )  # fmt: skip
+    assert bad.code("data") == 550
+    assert "5.7.1 Email rejected per DMARC policy for spf.example" in bad.text("data")
