@@ -140,8 +140,14 @@ class DkimEngine:
         clauses = []
         arc_result = None
         if self.settings.arc:
-            arc_result = arc.verify_chain(
-                raw, lambda name: self.records.fetch(name, ctx.budget), self.settings.min_key_bits
+            arc_result = (
+                arc.verify_chain(
+                    raw,
+                    lambda name: self.records.fetch(name, ctx.budget),
+                    self.settings.min_key_bits,
+                )
+                if msg.get_all("ARC-Seal")
+                else arc.ArcResult("none")
             )
             clauses.append(authres.arc_clause(arc_result))
             details["arc"] = arc_result.result

@@ -42,6 +42,10 @@ class OpenDkim:
     selector: str = ""
     key_file: Path | None = None
     authserv_id: str = "opendkim.test"
+    extra: tuple[str, ...] = ()  # more opendkim.conf lines
+    # OpenDKIM signs (and does not verify) mail from these; the test client
+    # connects from 127.0.0.1.
+    internal_hosts: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -62,8 +66,7 @@ class OpenDkim:
             f"AuthservID {self.authserv_id}",
             "RequireSafeKeys no",
             "UserID root",
-            # Sign mail from 127.0.0.1 (the test client); everything else is verified.
-            "InternalHosts 127.0.0.1",
+            f"InternalHosts {self.internal_hosts}",
         ]
         if self.key_file is not None:
             lines += [
@@ -71,7 +74,7 @@ class OpenDkim:
                 f"Selector {self.selector}",
                 f"KeyFile {self.key_file}",
             ]
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, *self.extra]) + "\n"
 
     def start(self) -> OpenDkim:
         binary = require_opendkim()
