@@ -23,20 +23,27 @@ permerror for that one signature.
 
 from __future__ import annotations
 
+import base64
 import binascii
+import hashlib
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import dkim
+from dkim import hash_headers
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from milters.dkim.crypto import KeyRecordError, parse_key_record
 from milters.dkim.records import KeyTemporaryError
 from postwarden.budget import Budget
 
 log = logging.getLogger("postwarden.milter.dkim")
+
+# a= values we verify, with the key type (k=) each needs.
+ACCEPTED_ALGORITHMS = {b"rsa-sha256": "rsa", b"ed25519-sha256": "ed25519"}
 
 
 class LibraryLog:
@@ -110,6 +117,30 @@ def _b_prefix(tags: dict[bytes, bytes]) -> str:
     return re.sub(r"\s+", "", _text(tags.get(b"b"), 4096))[:8]
 
 
+class ParsedMessage:
+    """The message as dkimpy parses it, with canonical forms cached per
+    algorithm (several signatures usually share one)."""
+
+    def __init__(self, raw: bytes) -> None:
+        headers, body = dkim.rfc822_parse(raw)
+        self.headers: list[tuple[bytes, bytes]] = [(bytes(n), bytes(v)) for n, v in headers]
+        self.body: bytes = body
+        self._bodies: dict[bytes, bytes] = {}
+        self._headers: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+    def canonical_body(self, policy: CanonicalizationPolicy) -> bytes:
+        key = policy.to_c_value()
+        if key not in self._bodies:
+            self._bodies[key] = policy.canonicalize_body(self.body)
+        return self._bodies[key]
+
+    def canonical_headers(self, policy: CanonicalizationPolicy) -> list[tuple[bytes, bytes]]:
+        key = policy.to_c_value()
+        if key not in self._headers:
+            self._headers[key] = policy.canonicalize_headers(self.headers)
+        return self._headers[key]
+
+
 def verify_all(
     raw: bytes,
     fetch: Callable[[str, Budget], str | None],
@@ -119,7 +150,7 @@ def verify_all(
 ) -> tuple[list[SignatureResult], int]:
     """Results for the first `max_signatures` signatures, and how many were skipped."""
     try:
-        verifier = dkim.DKIM(raw, logger=LIB_LOG, minkey=limits.min_key_bits)
+        message = ParsedMessage(raw)
     except _INPUT_ERRORS as exc:
         count = raw.lower().count(b"\ndkim-signature:") + raw[:15].lower().startswith(
             b"dkim-signature:"
@@ -128,23 +159,24 @@ def verify_all(
         return [SignatureResult("permerror", reason=reason)] * min(
             count, limits.max_signatures
         ), max(0, count - limits.max_signatures)
-    sig_headers = [(n, v) for n, v in verifier.headers if n.lower() == b"dkim-signature"]
+    sig_headers = [(n, v) for n, v in message.headers if n.lower() == b"dkim-signature"]
     results: list[SignatureResult] = []
     reserve = budget.seconds * limits.reserve if budget.seconds != float("inf") else 0.0
     for header in sig_headers[: limits.max_signatures]:
         if budget.remaining() <= reserve:
             results.append(SignatureResult("temperror", reason="time budget used up"))
             continue
-        results.append(_verify_one(verifier, (header[0], header[1]), fetch, budget, now))
+        results.append(_verify_one(message, header, fetch, budget, now, limits.min_key_bits))
     return results, max(0, len(sig_headers) - limits.max_signatures)
 
 
 def _verify_one(
-    verifier: dkim.DKIM,
+    message: ParsedMessage,
     header: tuple[bytes, bytes],
     fetch: Callable[[str, Budget], str | None],
     budget: Budget,
     now: float,
+    min_key_bits: int,
 ) -> SignatureResult:
     try:
         tags = parse_tag_value(header[1])
@@ -169,8 +201,12 @@ def _verify_one(
     try:
         # Times are checked above by our clock; dkimpy would use time.time().
         dkim.validate_signature_fields({k: v for k, v in tags.items() if k not in (b"t", b"x")})
+        policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
     except _INPUT_ERRORS as exc:
         return result("permerror", str(exc))
+    if tags[b"a"] not in ACCEPTED_ALGORITHMS:
+        # RFC 8301 section 3.1: rsa-sha1 signatures must not be considered valid.
+        return result("permerror", f"algorithm {base.algorithm} is not accepted (RFC 8301)")
     name = f"{base.selector}._domainkey.{base.domain}"
     try:
         record = fetch(name, budget)
@@ -178,40 +214,40 @@ def _verify_one(
         return result("temperror", str(exc))
     if record is None:
         return result("permerror", "no key record")
-    raw_record = record.encode("ascii", "replace")
     try:
-        key_tags = parse_tag_value(raw_record)
-    except _INPUT_ERRORS:
-        return result("permerror", "malformed key record")
-    if key_tags.get(b"p", None) == b"":
-        return result("permerror", "key revoked")
+        key = parse_key_record(record)
+    except KeyRecordError as exc:
+        return result("permerror", str(exc))
+    if key.kind != ACCEPTED_ALGORITHMS[tags[b"a"]]:
+        return result("permerror", f"a={base.algorithm} does not match the k={key.kind} key")
     budget.check("dkim verify")
-    try:
-        verifier.pk, verifier.keysize, verifier.ktag, verifier.seqtlsrpt = dkim.evaluate_pk(
-            name.encode("ascii", "replace"), raw_record
-        )
-    except _INPUT_ERRORS as exc:
-        return result("permerror", f"unusable key: {exc}")
-    include = [h.lower() for h in re.split(rb"\s*:\s*", tags[b"h"])]
-    try:
-        # dkimpy's DKIM.verify() minus its DNS and clock: the key record is
-        # ours (cached, budgeted), the time checks use the injected clock.
-        ok = verifier.verify_sig_process(tags, include, header, None)
-    except dkim.KeyFormatError as exc:
-        if "too small" in str(exc):
-            return result("policy", f"key too small ({verifier.keysize} bits)")
-        return result("permerror", str(exc))
-    except dkim.ValidationError as exc:
-        if "body hash mismatch" in str(exc):
-            return result("fail", "body hash mismatch")
-        return result("permerror", str(exc))
-    except _INPUT_ERRORS as exc:
-        return result("permerror", str(exc))
-    if not ok:
-        return result("fail", "signature did not verify")
+    # RFC 6376 section 3.7: the body hash first ...
+    body = message.canonical_body(policy)
     if b"l" in tags:
-        unsigned = _unsigned_body(verifier.body, tags)
-        if unsigned:
+        body = body[: int(tags[b"l"])]
+    try:
+        claimed = base64.b64decode(re.sub(rb"\s+", b"", tags[b"bh"]))
+        signature = base64.b64decode(re.sub(rb"\s+", b"", tags[b"b"]))
+    except _INPUT_ERRORS:
+        return result("permerror", "bh= or b= is not base64")
+    if hashlib.sha256(body).digest() != claimed:
+        return result("fail", "body hash mismatch")
+    # ... then the signed headers (bottom-up) and this header with b= empty.
+    include = [h.lower() for h in re.split(rb"\s*:\s*", tags[b"h"].strip())]
+    if b"from" not in include:
+        return result("permerror", "From is not signed (RFC 6376 section 5.4)")
+    # A second From added by an attacker must break the signature (dkimpy
+    # bug#644046): hash one From more than h= names.
+    include.append(b"from")
+    h = hashlib.sha256()
+    hash_headers(h, policy, message.canonical_headers(policy), include, header, tags)
+    if not key.verify_digest(signature, h.digest()):
+        return result("fail", "signature did not verify")
+    if key.kind == "rsa" and key.bits < min_key_bits:
+        return result("policy", f"key too small ({key.bits} bits)")
+    if b"l" in tags:
+        unsigned = len(message.canonical_body(policy)) - int(tags[b"l"])
+        if unsigned > 0:
             return result("policy", f"l= leaves {unsigned} body bytes unsigned")
     return result("pass")
 
@@ -233,8 +269,3 @@ def _time_problem(tags: dict[bytes, bytes], now: float) -> tuple[str, str] | Non
     if x is not None and int(x) < now:
         return "fail", "signature expired"
     return None
-
-
-def _unsigned_body(body: bytes, tags: dict[bytes, bytes]) -> int:
-    policy = CanonicalizationPolicy.from_c_value(tags.get(b"c", b"simple/simple"))
-    return max(0, len(policy.canonicalize_body(body)) - int(tags[b"l"]))

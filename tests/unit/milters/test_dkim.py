@@ -263,6 +263,23 @@ def test_revoked_key_is_permerror(make_engine: Make) -> None:
     assert "key revoked" in authentication_results(verdict)
 
 
+def test_rsa_sha1_signature_is_not_accepted(make_engine: Make) -> None:
+    header = dkim.DKIM(MESSAGE).sign(
+        b"f1", b"sender.example", _pkcs1(FOREIGN), signature_algorithm=b"rsa-sha1",
+        include_headers=[b"from"],
+    )  # fmt: skip
+    verdict = run(make_engine(), header + MESSAGE, INBOUND)
+    assert dkim_results(verdict) == ["permerror"]
+    assert "RFC 8301" in verdict.details["dkim"][0]["reason"]  # type: ignore[index]
+
+
+def test_key_smaller_than_min_key_bits_is_policy(make_engine: Make) -> None:
+    engine = make_engine(extra="    min_key_bits: 4096\n")
+    verdict = run(engine, signed(engine), INBOUND)
+    assert dkim_results(verdict) == ["policy"]
+    assert "key too small (2048 bits)" in authentication_results(verdict)
+
+
 # -- malformed input: a result, never an exception ----------------------------
 
 
