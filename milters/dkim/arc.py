@@ -1,5 +1,11 @@
 """ARC (RFC 8617): was this message authenticated before a forwarder changed it?
 
+Sealing (`arc_seal`) adds our own ARC set to inbound mail we pass on (to an
+external mailbox, a list), built from the Authentication-Results we wrote,
+so the next receiver can see our verdicts even after SPF breaks. It is
+dkimpy's `arc_sign` with its own RSA: slower than our signing path (about
+6 ms per seal) but only forwarded mail pays it.
+
 dkimpy verifies the chain (`dkim.arc_verify`); key records come through our
 cached, budgeted lookup. The result is `arc=pass|fail|none` in
 Authentication-Results (RFC 8617 section 10.1), and the sealer of the last
@@ -13,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from milters.dkim.records import KeyTemporaryError
@@ -65,3 +73,25 @@ def verify_chain(raw: bytes, fetch: Callable[[str], str | None], min_key_bits: i
     if cv == dkim.CV_Pass:
         return ArcResult("pass", sealer, instance)
     return ArcResult("fail", sealer, instance, str(comment)[:120])
+
+
+def seal(
+    raw_with_our_ar: bytes, domain: str, selector: str, key: rsa.RSAPrivateKey, authserv_id: str,
+    now: int,
+) -> list[tuple[str, str]]:  # fmt: skip
+    """The ARC set (name, value) to prepend, top first; [] when dkimpy
+    declines (no Authentication-Results of ours, chain ended)."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    lines = dkim.arc_sign(
+        raw_with_our_ar, selector.encode(), domain.encode(), pem, authserv_id.encode(),
+        timestamp=now, logger=LIB_LOG,
+    )  # fmt: skip
+    out = []
+    for line in lines:
+        name, _, value = bytes(line).decode("ascii", "replace").partition(":")
+        out.append((name, value.strip()))
+    return out

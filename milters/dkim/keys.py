@@ -79,6 +79,12 @@ class KeyTable:
                 chosen[alg] = k
         return sorted(chosen.values(), key=lambda k: k.entry.algorithm, reverse=True)
 
+    def find(self, domain: str, selector: str) -> SigningKey | None:
+        d = domain.lower()
+        return next(
+            (k for k in self.keys if k.entry.domain.lower() == d and k.selector == selector), None
+        )
+
     def is_ours(self, domain: str, selector: str) -> bool:
         """True when d=/s= name one of our keys (a signature we made)."""
         d, s = domain.lower(), selector.lower()

@@ -117,6 +117,12 @@ class DkimMilterSettings(MilterSettings):
     trusted_arc_sealers: tuple[str, ...] = setting(
         factory=tuple, doc="ARC sealer domains whose pass exempts a DMARC failure"
     )
+    arc_seal: bool = setting(False, doc="add an ARC set to inbound mail we relay on")
+    arc_seal_domain: str = setting("", doc="d= of our ARC sets: a domain in `keys`")
+    arc_seal_selector: str = setting("", doc="its selector in `keys` (an rsa-sha256 key)")
+    arc_seal_daemon_names: tuple[str, ...] = setting(
+        factory=tuple, doc="seal only mail received by these {daemon_name}s; [] = all inbound"
+    )
 
     def validate_node(self) -> list[str]:
         problems = []
@@ -129,6 +135,19 @@ class DkimMilterSettings(MilterSettings):
         for name in (*self.sign_headers, *self.oversign_headers):
             if not re.fullmatch(r"[!-9;-~]+", name):
                 problems.append(f"{name!r} is not a header name")
+        if self.arc_seal:
+            match = [
+                k
+                for k in self.keys
+                if k.domain.lower() == self.arc_seal_domain.lower()
+                and k.selector == self.arc_seal_selector
+            ]
+            if not match:
+                problems.append(
+                    "arc_seal: arc_seal_domain and arc_seal_selector must name an entry of keys"
+                )
+            elif match[0].algorithm != "rsa-sha256":
+                problems.append("arc_seal: ARC sets are signed with rsa-sha256 (RFC 8617 §4.1.3)")
         if "from" not in {h.lower() for h in self.sign_headers}:
             problems.append("sign_headers must include From (RFC 6376 section 5.4)")
         return problems

@@ -92,7 +92,12 @@ Make = Callable[..., DkimEngine]
 def make_engine(dns_server: DnsServer, keydir: Path, store: Store) -> Iterator[Make]:
     contexts: list[ServiceContext] = []
 
-    def make(keys: str = "rsa", extra: str = "", store_factory: object = None) -> DkimEngine:
+    def make(
+        keys: str = "rsa",
+        extra: str = "",
+        store_factory: object = None,
+        authserv_id: str = "mx.example.net",
+    ) -> DkimEngine:
         entries = {
             "rsa": f"{{domain: example.org, selector: s1, key_file: "
             f"{_key_file(keydir, 'rsa.pem', RSA)}}}",
@@ -108,7 +113,7 @@ def make_engine(dns_server: DnsServer, keydir: Path, store: Store) -> Iterator[M
             f"dns: {{nameservers: ['{dns_server.nameserver}'], timeout: 300ms}}\n"
             "milters:\n"
             "  dkim:\n"
-            "    authserv_id: mx.example.net\n"
+            f"    authserv_id: {authserv_id}\n"
             f"    keys: [{listed}]\n" + extra
         )
         service = ServiceContext(
@@ -623,3 +628,36 @@ def test_broken_arc_chain_fails(make_engine: Make) -> None:
     verdict = run(engine, _forwarded_through_list(tamper_after_seal=True), INBOUND)
     assert verdict.details["arc"] == "fail"
     assert verdict.action is Action.REJECT
+
+
+def test_sealed_forward_verifies_as_arc_pass_at_the_next_hop(make_engine: Make) -> None:
+    # Given our MX seals what it relays on (to an external mailbox)
+    seal = "    arc_seal: true\n    arc_seal_domain: example.org\n    arc_seal_selector: s1\n"
+    ours = make_engine(extra=seal)
+    inbound = _signed_by_sender(_from("sender.example"))
+    # (sealed by the real clock: dkimpy's ARC verifier checks t= with time.time())
+    verdict = run(ours, inbound, INBOUND, clock=SystemClock())
+    assert verdict.details["arc_sealed"] is True
+    forwarded = apply_edits(Message.from_bytes(inbound), verdict).as_bytes()
+    names = [h.name for h in Message.from_bytes(forwarded).headers]
+    assert names[:4] == [
+        "ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results", "Authentication-Results",
+    ]  # fmt: skip
+    # When the next receiver (trusting us as a sealer) checks it
+    receiver = make_engine(
+        extra=ENFORCE + "    trusted_arc_sealers: [example.org]\n",
+        authserv_id="mx.other.example",
+    )
+    checked = run(receiver, forwarded, INBOUND)
+    assert checked.details["arc"] == "pass"
+    assert "arc=pass (i=1 d=example.org)" in authentication_results(checked)
+
+
+def test_arc_seal_needs_an_rsa_key_of_the_key_table(keydir: Path) -> None:
+    text = (
+        "milters:\n  dkim:\n    arc_seal: true\n    arc_seal_domain: example.org\n"
+        "    arc_seal_selector: nope\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "pw.yaml")
+    assert "must name an entry of keys" in str(info.value.problems[0])
