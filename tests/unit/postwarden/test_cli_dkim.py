@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 from collections.abc import Iterator
@@ -121,3 +122,27 @@ def test_rotate_prints_the_steps_with_a_new_selector(tmp_path: Path, dns_server:
     assert result.exit_code == 0
     assert "postwarden dkim keygen --domain example.org --selector s" in result.output
     assert "not_before:" in result.output
+
+
+def test_scan_authenticated_signs_as_the_milter_would(tmp_path: Path) -> None:
+    key_file = tmp_path / "k.pem"
+    write_private_key(key_file, KEY)
+    cfg = tmp_path / "pw.yaml"
+    cfg.write_text(
+        "milters:\n  headers: {enabled: false}\n  dkim:\n    authserv_id: mx.example.net\n"
+        f"    keys: [{{domain: example.org, selector: s1, key_file: {key_file}}}]\n"
+    )
+    message = b"From: alice@example.org\nTo: bob@example.net\nSubject: hi\n\nhello\n"
+    result = CliRunner().invoke(
+        main,
+        ["scan", "-c", str(cfg), "--json", "--authenticated", "alice",
+         "--from", "alice@example.org", "-"],
+        input=message,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    dkim = out["milters"]["dkim"]
+    assert dkim["reason"] == "signed d=example.org s=s1 a=rsa-sha256"
+    [edit] = dkim["headers"]
+    assert (edit["op"], edit["name"]) == ("insert", "DKIM-Signature")
+    assert "d=example.org;" in edit["value"]
