@@ -114,6 +114,7 @@ class DkimEngine:
             outcome = self.sign(msg, ctx)
             edits.extend(outcome.edits)
             details["origin"] = origin
+            ctx.stats.add("milter.dkim.signed" if outcome.signed else "milter.dkim.not_signed")
             if outcome.signed:
                 details["signed"] = list(outcome.signed)
                 reason = "signed " + ", ".join(outcome.signed)
@@ -132,6 +133,8 @@ class DkimEngine:
         results, skipped = verify_all(
             raw, self.records.fetch, ctx.budget, ctx.clock.now(), self.limits
         )
+        for r in results:
+            ctx.stats.add(f"milter.dkim.dkim_{r.result}")
         summary = ", ".join(_short(r) for r in results) or "none"
         details["dkim"] = [_detail(r) for r in results]
         if skipped:
@@ -161,6 +164,7 @@ class DkimEngine:
                 action, note = self._enforce(dm, arc_result)
                 clauses.append(authres.dmarc_clause(dm, note))
                 details["dmarc"] = dm.result
+                ctx.stats.add(f"milter.dkim.dmarc_{dm.result}")
                 reason += f"; dmarc={dm.result} p={dm.requested} dis={note}"
                 if action is Action.REJECT:
                     verdict_action = Action.REJECT
