@@ -103,7 +103,7 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         try:
             rules.append(_compile(rule, i))
         except ValueError as exc:
-            problems.append(ConfigProblem("config", 0, f"policyd.access.rules[{i}]", str(exc)))
+            problems.append(settings.locations.problem(f"policyd.access.rules[{i}].action", str(exc)))
     compiled = tuple(rules)
 
     async def run(req: PolicyRequest, ctx: CheckContext) -> Decision | None:

@@ -53,6 +53,7 @@ from policyd.decision import Decision, Verb
 from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
 from policyd.protocol import IPAddress, PolicyRequest
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.greylist import (
     ClientPattern,
@@ -292,14 +293,16 @@ def read_list(
 
 
 def _read_file(
-    path: str, key: str, parse: Callable[[str], P], problems: list[ConfigProblem]
+    path: str, key: str, parse: Callable[[str], P], problems: list[ConfigProblem],
+    where: Locations,
 ) -> list[P]:
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        problems.append(ConfigProblem(path, 0, key, f"cannot read: {exc.strerror}"))
+        # At the config line naming the file (it was readable when the config loaded).
+        problems.append(where.problem(key, f"cannot read {path}: {exc.strerror}"))
         return []
-    return read_list(text, path, key, parse, problems)
+    return read_list(text, path, key.rpartition("[")[0], parse, problems)
 
 
 def default_whitelist_text() -> str:
@@ -308,21 +311,25 @@ def default_whitelist_text() -> str:
 
 
 def load_whitelists(
-    g: GreylistSettings, problems: list[ConfigProblem]
+    settings: Settings, problems: list[ConfigProblem]
 ) -> tuple[ClientWhitelist, RecipientWhitelist]:
+    g = settings.policyd.greylist
+    where = settings.locations
     key = "policyd.greylist"
     clients: list[ClientPattern] = []
     if g.use_default_whitelist:
         clients += read_list(default_whitelist_text(), f"policyd/data/{DEFAULT_WHITELIST}",
                              f"{key}.use_default_whitelist", client_pattern, problems)  # fmt: skip
-    for path in g.whitelist_clients_files:
-        clients += _read_file(path, f"{key}.whitelist_clients_files", client_pattern, problems)
+    for i, path in enumerate(g.whitelist_clients_files):
+        clients += _read_file(
+            path, f"{key}.whitelist_clients_files[{i}]", client_pattern, problems, where
+        )
     # Inline entries were validated with the config (errors there).
     clients += [client_pattern(t) for t in g.whitelist_clients]
     recipients: list[RecipientPattern] = []
-    for path in g.whitelist_recipients_files:
+    for i, path in enumerate(g.whitelist_recipients_files):
         recipients += _read_file(
-            path, f"{key}.whitelist_recipients_files", recipient_pattern, problems
+            path, f"{key}.whitelist_recipients_files[{i}]", recipient_pattern, problems, where
         )
     recipients += [recipient_pattern(t) for t in g.whitelist_recipients]
     return ClientWhitelist(clients), RecipientWhitelist(recipients, g.recipient_delimiter)
@@ -483,16 +490,17 @@ async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decisio
 
 def compile_settings(settings: Settings, problems: list[ConfigProblem]) -> _Compiled:
     g = settings.policyd.greylist
-    clients, recipients = load_whitelists(g, problems)
+    clients, recipients = load_whitelists(settings, problems)
     spf_domains = frozenset(d.lower().strip(".") for d in g.spf_pass_domains)
     if spf_domains:
         order = settings.policyd.order
         spf_first = "spf" in order and order.index("spf") < order.index(NAME)
         if not settings.policyd.spf.enabled or not spf_first:
-            problems.append(ConfigProblem(
-                "config", 0, "policyd.greylist.spf_pass_domains",
+            problems.append(settings.locations.problem(
+                "policyd.greylist.spf_pass_domains",
                 "has no effect: policyd.spf must be enabled and run before greylist",
                 "warning",
+                at_key=True,
             ))  # fmt: skip
     return _Compiled(g, settings.trusted_networks, clients, recipients,
                      Normaliser.from_settings(g), spf_domains, socket.gethostname(),

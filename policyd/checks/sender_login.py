@@ -24,6 +24,7 @@ from policyd.decision import Decision, Verb
 from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import SenderLoginSettings
 from postwarden.replies import SENDER_LOGIN_MISMATCH
@@ -59,13 +60,16 @@ def _valid_pattern(text: str) -> bool:
     return bool(at) and bool(domain) and "@" not in domain
 
 
-def parse_map_file(path: str, problems: list[ConfigProblem]) -> dict[str, list[str]]:
+def parse_map_file(
+    path: str, problems: list[ConfigProblem], where: Locations | None = None
+) -> dict[str, list[str]]:
     """Read `login addr, @domain ...` lines; a bad line is skipped with a warning."""
     out: dict[str, list[str]] = {}
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(ConfigProblem(path, 0, KEY, f"cannot read: {exc}"))
+        # At the config line naming the file (it was readable when the config loaded).
+        problems.append((where or Locations()).problem(KEY, f"cannot read {path}: {exc}"))
         return out
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -135,7 +139,7 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
     cfg = settings.policyd.sender_login
     if not cfg.enabled:
         return None
-    from_file = parse_map_file(cfg.map_file, problems) if cfg.map_file else {}
+    from_file = parse_map_file(cfg.map_file, problems, settings.locations) if cfg.map_file else {}
     owned = compile_map(cfg.map, from_file)
     if not owned and not cfg.login_is_address:
         log.info("sender_login: empty map; every authenticated sender will be refused")

@@ -691,8 +691,8 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return None
     if float(s.time_budget) >= float(settings.policyd.request_timeout):
         problems.append(
-            ConfigProblem(
-                "", 0, "policyd.spf.time_budget",
+            settings.locations.problem(
+                "policyd.spf.time_budget",
                 f"{float(s.time_budget):g}s is not below policyd.request_timeout "
                 f"({float(settings.policyd.request_timeout):g}s): a slow SPF lookup "
                 "would end in on_error instead of temperror",

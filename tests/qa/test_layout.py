@@ -83,6 +83,8 @@ def _schema_paths(cls: type, prefix: str = "") -> tuple[list[str], list[str]]:
     item_fields: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name.startswith("_"):
+            continue  # filled in by the loader (where each key was written), not a YAML key
         key = f"{prefix}{f.name}"
         keys.append(key)
         tp = hints[f.name]

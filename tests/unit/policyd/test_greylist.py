@@ -560,8 +560,8 @@ policyd:
     with pytest.raises(ConfigError) as exc:
         load_config_text(text, "pw.yaml")
     (problem,) = exc.value.problems
-    assert problem.file == "pw.yaml" and problem.line == 3
-    assert "whitelist_clients[0]" in problem.message
+    assert problem.file == "pw.yaml" and problem.line == 4
+    assert problem.key == "policyd.greylist.whitelist_clients[0]"
 
 
 def test_postgrey_debian_whitelist_files_load() -> None:
