@@ -14,8 +14,8 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
@@ -103,7 +103,9 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         try:
             rules.append(_compile(rule, i))
         except ValueError as exc:
-            problems.append(settings.locations.problem(f"policyd.access.rules[{i}].action", str(exc)))
+            problems.append(
+                settings.locations.problem(f"policyd.access.rules[{i}].action", str(exc))
+            )
     compiled = tuple(rules)
 
     async def run(req: PolicyRequest, ctx: CheckContext) -> Decision | None:
@@ -113,3 +115,11 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return None
 
     return BuiltCheck(NAME, run, cfg.mode, RCPT_STATES)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=10,
+    description="static allow/deny rules, like a Postfix access(5) table",
+)

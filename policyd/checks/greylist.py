@@ -49,8 +49,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
 from policyd.protocol import IPAddress, PolicyRequest
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.locations import Locations
@@ -293,7 +293,10 @@ def read_list(
 
 
 def _read_file(
-    path: str, key: str, parse: Callable[[str], P], problems: list[ConfigProblem],
+    path: str,
+    key: str,
+    parse: Callable[[str], P],
+    problems: list[ConfigProblem],
     where: Locations,
 ) -> list[P]:
     try:
@@ -651,3 +654,11 @@ def delete_entries(
     keys = _scan(store, store.keys.greylist_pattern(network, "t"), 10**9)
     keys.append(store.keys.greylist_client(network))
     return sum(int(store.redis.delete(k)) for k in keys)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=50,
+    description="postgrey-compatible greylisting of unknown triplets",
+)

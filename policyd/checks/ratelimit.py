@@ -48,8 +48,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
@@ -348,19 +348,13 @@ def limit_text(res: Result) -> str:
 def refusal(res: Result) -> Decision:
     c = res.counter
     text = limit_text(res)
-    extra = {
-        "rule": c.rule,
-        "window": window_text(c.per_ms),
-        "used": f"{res.total}/{c.limit}",
-    }
     why = f"{c.rule}: {res.total}+{c.weight} > {c.limit} {c.unit} per {window_text(c.per_ms)}"
     if c.action is LimitAction.REJECT:
         return Decision(Verb.REJECT, reply=RATE_LIMITED_PERMANENT.with_text(text), reason=why,
-                        check=NAME, extra_log=extra)  # fmt: skip
+                        check=NAME)  # fmt: skip
     if c.action is LimitAction.HOLD:
-        return Decision(Verb.HOLD, text=text, reason=why, check=NAME, extra_log=extra)
-    return Decision(Verb.DEFER, reply=RATE_LIMITED.with_text(text), reason=why, check=NAME,
-                    extra_log=extra)  # fmt: skip
+        return Decision(Verb.HOLD, text=text, reason=why, check=NAME)
+    return Decision(Verb.DEFER, reply=RATE_LIMITED.with_text(text), reason=why, check=NAME)
 
 
 def _log_only(results: Iterable[Result]) -> None:
@@ -497,3 +491,11 @@ def reset(store: Any, settings: RatelimitSettings, text: str) -> int:
             if name != known:
                 deleted += int(store.redis.delete(name))
     return deleted
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=30,
+    description="per-login/sender/client/recipient message, recipient and byte limits",
+)

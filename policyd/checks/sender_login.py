@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.locations import Locations
@@ -148,3 +148,11 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return evaluate(cfg, owned, req)
 
     return BuiltCheck(NAME, run, cfg.mode, STATES)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=20,
+    description="an authenticated login may use only the MAIL FROM addresses it owns",
+)

@@ -50,12 +50,12 @@ import dns.rdatatype
 import dns.resolver
 import spf
 
+from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
-from postwarden.config.sections.spf import HeloCheck, SpfAction, SpfSettings
+from postwarden.config.sections.spf import HeloCheck, SpfAction, SpfResult, SpfSettings
 from postwarden.logs import RateLimitedLog, decision
 from postwarden.replies import (
     SPF_FAIL,
@@ -527,7 +527,7 @@ class SpfCheck:
         helo_ev = None
         if self.spf.helo_check is HeloCheck.ALWAYS and helo:
             helo_ev, source = await self._evaluation(ctx, HELO, ip, sender, helo, deadline)
-            if self.actions[HELO][helo_ev.result] not in (SpfAction.PREPEND, SpfAction.IGNORE):
+            if self.actions[HELO][SpfResult(helo_ev.result)] not in (SpfAction.PREPEND, SpfAction.IGNORE):
                 return self._act(req, ctx, helo_ev, helo_ev, ip, sender, helo, source)
         ev, source = await self._evaluation(ctx, MAILFROM, ip, sender, helo, deadline)
         note_mailfrom_result(ctx, req, ev.result)
@@ -623,7 +623,7 @@ class SpfCheck:
         source: str,
         helo_ev: Evaluation | None = None,
     ) -> Decision | None:
-        action = self.actions[ev.identity][ev.result]
+        action = self.actions[ev.identity][SpfResult(ev.result)]
         domain = helo if ev.identity == HELO else sender.rpartition("@")[2]
         reason = f"spf {ev.identity}={ev.result}"
         answer: Decision | None
@@ -701,3 +701,11 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         )  # fmt: skip
     check = SpfCheck(settings)
     return BuiltCheck(name=NAME, run=check.run, mode=s.mode)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=40,
+    description="SPF (RFC 7208) on MAIL FROM and HELO, Received-SPF header",
+)

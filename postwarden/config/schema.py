@@ -71,9 +71,8 @@ class RedisSettings:
     def validate_node(self) -> list[Finding]:
         problems: list[Finding] = []
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append(
-                FieldProblem("url", f"must start with redis://, rediss:// or unix://, got {self.url!r}")
-            )
+            why = f"must start with redis://, rediss:// or unix://, got {self.url!r}"
+            problems.append(FieldProblem("url", why))
         if self.sentinel is not None and not self.sentinel.hosts:
             problems.append(FieldProblem("sentinel.hosts", "list at least one host:port"))
         if self.cluster and self.sentinel is not None:
@@ -172,9 +171,7 @@ class Settings:
     milters: MiltersSettings = setting(factory=MiltersSettings)
     policyd: PolicydSettings = setting(factory=PolicydSettings)
     # Where each key was written (not a YAML key: the loader fills it in).
-    _locations: Locations = dataclasses.field(
-        default_factory=Locations, compare=False, repr=False
-    )
+    _locations: Locations = dataclasses.field(default_factory=Locations, compare=False, repr=False)
 
     @property
     def locations(self) -> Locations:

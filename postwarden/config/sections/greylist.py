@@ -189,7 +189,8 @@ class GreylistSettings(CheckSettings):
                 problems.append(FieldProblem(f"whitelist_recipients[{i}]", str(exc)))
         for i, domain in enumerate(self.spf_pass_domains):
             if "@" in domain or not _HOSTNAME.match(domain.lower()):
-                problems.append(FieldProblem(f"spf_pass_domains[{i}]", f"{domain!r} is not a domain"))
+                why = f"{domain!r} is not a domain"
+                problems.append(FieldProblem(f"spf_pass_domains[{i}]", why))
         if float(self.retry_window) <= float(self.delay):
             problems.append(FieldProblem("retry_window", "must be longer than delay"))
         if float(self.max_age) < float(self.retry_window):

@@ -102,9 +102,10 @@ class HeaderRule:
             problems.append(
                 FieldProblem("text", f"{verb} needs an address like user@example.com in text")
             )
-        for label, pattern in [("match", self.match),
-                               *((f"senders[{i}]", p) for i, p in enumerate(self.senders)),
-                               *((f"recipients[{i}]", p) for i, p in enumerate(self.recipients))]:  # fmt: skip
+        patterns = [("match", self.match)]
+        patterns += [(f"senders[{i}]", p) for i, p in enumerate(self.senders)]
+        patterns += [(f"recipients[{i}]", p) for i, p in enumerate(self.recipients)]
+        for label, pattern in patterns:
             if pattern and (why := re2_problem(pattern)):
                 problems.append(
                     FieldProblem(label, f"{pattern!r} is not a valid RE2 pattern: {why}")

@@ -12,14 +12,15 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
 from postwarden.config.sections.access import AccessSettings
-from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.sections.common import CheckSettings, OnError
 from postwarden.config.sections.greylist import GreylistSettings
 from postwarden.config.sections.ratelimit import RatelimitSettings, SenderLoginSettings
 from postwarden.config.sections.spf import SpfSettings
 from postwarden.config.units import Duration, SocketAddress
+
 
 @dataclass(frozen=True, slots=True)
 class PolicydSettings:
@@ -73,4 +74,4 @@ def _check_names(cls: type) -> tuple[str, ...]:
 
 
 # The checks `policyd.order` may name, in their default order.
-CHECK_NAMES = _check_names(PolicydSettings)
+CHECK_NAMES: tuple[str, ...] = _check_names(PolicydSettings)

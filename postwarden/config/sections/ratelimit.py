@@ -168,9 +168,8 @@ class RatelimitSettings(CheckSettings):
         seen: set[str] = set()
         for i, rule in enumerate(self.rules):
             if rule.label in seen:
-                problems.append(FieldProblem(
-                    f"rules[{i}]", f"rule names must be distinct; {rule.label} given twice (set name:)"
-                ))  # fmt: skip
+                why = f"rule names must be distinct; {rule.label} given twice (set name:)"
+                problems.append(FieldProblem(f"rules[{i}]", why))
             seen.add(rule.label)
         return problems
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import greylist
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline, evaluate
+from policyd.pipeline import build_pipeline, evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem

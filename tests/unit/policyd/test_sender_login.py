@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import sender_login
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem

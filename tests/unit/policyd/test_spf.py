@@ -19,16 +19,17 @@ import pytest
 import spf
 import yaml
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import spf as spf_check
 from policyd.checks.spf import SpfCheck, build, received_spf
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, evaluate
+from policyd.pipeline import evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem
 from postwarden.config.load import load_config_text
 from postwarden.config.schema import Mode, RedisSettings, Settings
-from postwarden.config.sections.spf import SpfAction
+from postwarden.config.sections.spf import SpfAction, SpfResult
 from postwarden.errors import StoreUnavailable
 from postwarden.store.client import AsyncStore, open_async_store
 from postwarden.store.embedded import EmbeddedRedis
@@ -648,9 +649,10 @@ def test_time_spent_waiting_for_a_thread_counts_against_the_budget(dns_server: D
 def test_partial_action_table_keeps_the_other_defaults(dns_server: DnsServer) -> None:
     settings = settings_for(dns_server, "mailfrom_actions: {softfail: reject}")
     table = settings.policyd.spf.actions_for("mailfrom")
-    assert table["softfail"] is SpfAction.REJECT
-    assert table["fail"] is SpfAction.REJECT and table["temperror"] is SpfAction.DEFER
-    assert table["pass"] is SpfAction.PREPEND
+    assert table[SpfResult.SOFTFAIL] is SpfAction.REJECT
+    assert table[SpfResult.FAIL] is SpfAction.REJECT
+    assert table[SpfResult.TEMPERROR] is SpfAction.DEFER
+    assert table[SpfResult.PASS] is SpfAction.PREPEND
 
 
 @pytest.mark.parametrize(
