@@ -51,7 +51,7 @@ from typing import Any, TypeVar, cast
 
 from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.protocol import IPAddress, PolicyRequest
+from policyd.protocol import IPAddress, PolicyRequest, unmapped
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
@@ -170,8 +170,7 @@ def _unbatv(local: str) -> str:
 
 def client_network(ip: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """The triplet's client part: the address's /24 (IPv4) or /64 (IPv6) by default."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmapped(ip)  # requests come unmapped; addresses typed at the CLI may not
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
@@ -440,8 +439,6 @@ async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decisio
         log.info("greylist: no %s in the request (client=%r); not greylisting",
                  missing, req.client_address_raw)  # fmt: skip
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     skip = _skip_reason(c, req, ip, ctx)
     if skip:
         log.debug("greylist: pass (%s)", skip)

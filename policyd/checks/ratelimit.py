@@ -50,7 +50,7 @@ from typing import Any
 
 from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.protocol import PolicyRequest, ProtocolState
+from policyd.protocol import PolicyRequest, ProtocolState, unmapped
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import (
@@ -423,7 +423,9 @@ def subjects(
     net: Network | None = None
     try:
         net = ipaddress.ip_network(value, strict=False)
-        ip = net.network_address
+        ip = unmapped(net.network_address)
+        if ip.version != net.version:  # ::ffff:192.0.2.7 typed at the CLI
+            net = ipaddress.ip_network(ip)
     except ValueError:
         pass
     out: list[tuple[str, str, tuple[Window, ...], str]] = []

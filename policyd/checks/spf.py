@@ -56,7 +56,8 @@ from policyd.protocol import PolicyRequest
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
 from postwarden.config.sections.spf import HeloCheck, SpfAction, SpfResult, SpfSettings
-from postwarden.logs import RateLimitedLog, decision
+from postwarden.errors import PostwardenError
+from postwarden.logs import decision
 from postwarden.replies import (
     SPF_FAIL,
     SPF_FAIL_DEFER,
@@ -69,7 +70,6 @@ from postwarden.resolver import make_resolver
 from postwarden.store.client import unavailable_on_error
 
 log = logging.getLogger("postwarden.policyd.spf")
-_rare = RateLimitedLog(log)
 
 NAME = "spf"
 MAILFROM = "mailfrom"
@@ -190,6 +190,10 @@ def _cname_loop(exc: dns.resolver.NoNameservers) -> bool:
 # -- one identity ------------------------------------------------------------
 
 
+class SpfEvaluationError(PostwardenError):
+    """check_host() crashed: our bug or pyspf's, not the sender's record."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Evaluation:
     """The outcome of check_host() for one identity, as cached in Redis."""
@@ -256,7 +260,11 @@ def evaluate(
     query_timeout: float,
     budget: float,
 ) -> Evaluation:
-    """check_host() for one identity with pyspf; blocking, never raises.
+    """check_host() for one identity with pyspf; blocking.
+
+    A crash inside the evaluation (a bug in pyspf or in our DNS hook) raises
+    SpfEvaluationError: it says nothing about the sender's record, so it is
+    neither a permerror nor cached; the server answers with `on_error`.
 
     `identity` "helo" checks `postmaster@<helo>` (RFC 7208 section 2.3);
     "mailfrom" checks `sender` (for a null sender the caller passes the
@@ -290,11 +298,12 @@ def evaluate(
             result, _code, explanation = query.check()
         finally:
             _current_lookup.reset(token)
+    except spf.TempError as exc:  # pyspf's own DNS failure escaping check()
+        return Evaluation(identity, "temperror", str(exc), problem="DNS error", cacheable=False)
+    except spf.PermError as exc:  # a record pyspf could not interpret
+        return Evaluation(identity, "permerror", str(exc), problem=_printable(str(exc)))
     except Exception as exc:
-        # pyspf on a hostile or broken record must not take the request down:
-        # the record "could not be interpreted" is what permerror means.
-        _rare.warning("pyspf", "spf: evaluation error for %s: %r", domain, exc)
-        return Evaluation(identity, "permerror", "SPF evaluation error", problem="evaluation error")
+        raise SpfEvaluationError(f"SPF evaluation of {domain} crashed: {exc!r}") from exc
     if result not in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"):
         result = "permerror"  # pyspf's "ambiguous" (harsh mode only) and the like
     return Evaluation(
@@ -468,8 +477,6 @@ class SpfCheck:
         if ip is None:
             self._log(req, result="none", action="dunno", reason="no client address")
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         skip = self._skip_reason(req, ip)
         if skip:
             log.debug("spf: skipped (%s) for %s", skip, ip)
@@ -527,7 +534,8 @@ class SpfCheck:
         helo_ev = None
         if self.spf.helo_check is HeloCheck.ALWAYS and helo:
             helo_ev, source = await self._evaluation(ctx, HELO, ip, sender, helo, deadline)
-            if self.actions[HELO][SpfResult(helo_ev.result)] not in (SpfAction.PREPEND, SpfAction.IGNORE):
+            helo_action = self.actions[HELO][SpfResult(helo_ev.result)]
+            if helo_action not in (SpfAction.PREPEND, SpfAction.IGNORE):
                 return self._act(req, ctx, helo_ev, helo_ev, ip, sender, helo, source)
         ev, source = await self._evaluation(ctx, MAILFROM, ip, sender, helo, deadline)
         note_mailfrom_result(ctx, req, ev.result)

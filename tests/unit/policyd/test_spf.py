@@ -709,16 +709,40 @@ def test_each_evaluated_message_is_counted_for_stat(dns_server: DnsServer) -> No
     assert ctx.stats.take() == {"spf_fail": 1, "spf_pass": 1}
 
 
-@pytest.mark.expect_log("WARNING", "spf: evaluation error")
-def test_a_crash_inside_pyspf_is_a_permerror_not_an_exception() -> None:
-    def broken(name: str, qtype: str, timeout: float) -> list[Any]:
-        raise RuntimeError("resolver bug")
+def _broken_lookup(name: str, qtype: str, timeout: float) -> list[Any]:
+    raise RuntimeError("resolver bug")
 
-    ev = spf_check.evaluate(
-        CLIENT, "a@pass.example", "helo.invalid", "mailfrom", broken,
-        receiver="mx", query_timeout=1.0, budget=1.0,
-    )  # fmt: skip
-    assert (ev.result, ev.problem) == ("permerror", "evaluation error")
+
+def test_a_crash_inside_the_evaluation_is_an_error_not_a_permerror() -> None:
+    with pytest.raises(spf_check.SpfEvaluationError, match="resolver bug"):
+        spf_check.evaluate(
+            CLIENT, "a@pass.example", "helo.invalid", "mailfrom", _broken_lookup,
+            receiver="mx", query_timeout=1.0, budget=1.0,
+        )  # fmt: skip
+
+
+def test_a_crash_is_never_cached_and_reaches_the_server_as_an_error(
+    dns_server: DnsServer, redis_server: EmbeddedRedis
+) -> None:
+    # Given permerror: reject, a Redis cache, and a bug in the DNS hook
+    settings = settings_for(dns_server, "cache_ttl: 5m\nmailfrom_actions: {permerror: reject}")
+
+    async def body(store: AsyncStore) -> list[bytes]:
+        check = SpfCheck(settings)
+        check.lookup = _broken_lookup
+        ctx = CheckContext(settings=settings, store=store, clock=ManualClock())
+        # When a request is checked, Then the crash propagates (the server
+        # answers with on_error, see test_server) instead of a 550
+        with pytest.raises(spf_check.SpfEvaluationError):
+            await check.run(request(sender="a@pass.example", instance="c1"), ctx)
+        keys: list[bytes] = await store.redis.keys("*")
+        # And a healthy evaluation afterwards is not shadowed by a cached error
+        healthy = SpfCheck(settings)
+        answer = await healthy.run(request(sender="a@pass.example", instance="c2"), ctx)
+        assert result_in(answer) == "pass"
+        return keys
+
+    assert run_with_store(redis_server, body) == []
 
 
 def test_mail_from_result_is_noted_for_greylisting(dns_server: DnsServer) -> None:
