@@ -52,6 +52,7 @@ from typing import Any, TypeVar, cast
 from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
 from policyd.protocol import IPAddress, PolicyRequest, unmapped
+from postwarden.addresses import domain_listed
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
@@ -345,11 +346,6 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"%([a-z])", lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def _domain_listed(domain: str, listed: frozenset[str]) -> bool:
-    labels = domain.split(".")
-    return any(".".join(labels[i:]) in listed for i in range(len(labels)))
-
-
 @dataclass(frozen=True)
 class _Compiled:
     g: GreylistSettings
@@ -378,7 +374,7 @@ def _skip_reason(c: _Compiled, req: PolicyRequest, ip: IPAddress, ctx: CheckCont
         return f"whitelisted {why}"
     if (
         c.spf_domains
-        and _domain_listed(req.sender_domain, c.spf_domains)
+        and domain_listed(req.sender_domain, c.spf_domains)
         and spf_mailfrom_result(ctx, req, ip) == "pass"
     ):
         return f"SPF pass for {req.sender_domain}"

@@ -44,13 +44,14 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
 from policyd.protocol import PolicyRequest, ProtocolState, unmapped
+from postwarden.addresses import address_matcher
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import (
@@ -128,22 +129,6 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _address_matcher(pattern: str) -> Callable[[str], bool]:
-    """user@domain exact, @domain that domain, domain that domain or below
-    (Postfix access(5) with parent_domain_matches_subdomains)."""
-    p = pattern.strip().lower()
-    if p.startswith("@"):
-        return lambda a: a.rpartition("@")[2] == p[1:]
-    if "@" in p:
-        return lambda a: a == p
-
-    def domain_or_sub(a: str) -> bool:
-        d = a.rpartition("@")[2]
-        return d == p or d.endswith("." + p)
-
-    return domain_or_sub
-
-
 class CompiledRule:
     """A rule with its filters and overrides ready for matching."""
 
@@ -153,7 +138,7 @@ class CompiledRule:
         self.state = (
             ProtocolState.END_OF_MESSAGE if rule.count is Counts.BYTES else ProtocolState.RCPT
         )
-        self.senders = [_address_matcher(s) for s in rule.senders]
+        self.senders = [address_matcher(s) for s in rule.senders]
         self.by_value: dict[str, tuple[Window, ...]] = {}
         self.by_network: list[tuple[Network, tuple[Window, ...]]] = []
         for value, windows in rule.overrides.items():

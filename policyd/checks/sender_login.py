@@ -23,11 +23,12 @@ from pathlib import Path
 from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
 from policyd.protocol import PolicyRequest, ProtocolState
+from postwarden.addresses import is_address_pattern
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import SenderLoginSettings
-from postwarden.replies import SENDER_LOGIN_MISMATCH
+from postwarden.replies import SENDER_LOGIN_MISMATCH, printable
 
 NAME = "sender_login"
 # MAIL when called from smtpd_sender_restrictions, RCPT from the recipient ones.
@@ -55,11 +56,6 @@ class Owned:
         return sender in self.addresses or sender.rpartition("@")[2] in self.domains
 
 
-def _valid_pattern(text: str) -> bool:
-    _local, at, domain = text.partition("@")
-    return bool(at) and bool(domain) and "@" not in domain
-
-
 def parse_map_file(
     path: str, problems: list[ConfigProblem], where: Locations | None = None
 ) -> dict[str, list[str]]:
@@ -82,7 +78,7 @@ def parse_map_file(
             message = "expected 'login address ...'; line skipped"
             problems.append(ConfigProblem(path, lineno, KEY, message, "warning"))
             continue
-        bad = [p for p in patterns if not _valid_pattern(p)]
+        bad = [p for p in patterns if not is_address_pattern(p)]
         if bad:
             problems.append(ConfigProblem(path, lineno, KEY,
                                           f"{bad[0]!r} is not user@domain or @domain; line skipped",
@@ -102,11 +98,6 @@ def compile_map(*maps: Mapping[str, Iterable[str]]) -> dict[str, Owned]:
     return owned
 
 
-def _printable(text: str) -> str:
-    """Reply text is one line of printable characters (SMTPD_POLICY_README)."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def evaluate(
     cfg: SenderLoginSettings, owned: Mapping[str, Owned], req: PolicyRequest
 ) -> Decision | None:
@@ -119,14 +110,14 @@ def evaluate(
     if not sender:
         if cfg.allow_null_sender:
             return None
-        text = f"Null sender not allowed for login {_printable(login)}"
+        text = f"Null sender not allowed for login {printable(login)}"
     else:
         entry = owned.get(key)
         if entry is not None and entry.allows(sender):
             return None
         if cfg.login_is_address and "@" in key and sender == key:
             return None
-        text = f"Sender address <{_printable(sender)}> not owned by login {_printable(login)}"
+        text = f"Sender address <{printable(sender)}> not owned by login {printable(login)}"
     return Decision(
         Verb.REJECT,
         reply=SENDER_LOGIN_MISMATCH.with_text(text),

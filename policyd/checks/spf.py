@@ -53,6 +53,7 @@ import spf
 from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
 from policyd.protocol import PolicyRequest
+from postwarden.addresses import dotted_domain_matches
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
 from postwarden.config.sections.spf import HeloCheck, SpfAction, SpfResult, SpfSettings
@@ -65,6 +66,7 @@ from postwarden.replies import (
     SPF_PERMERROR_DEFER,
     SPF_TEMPERROR,
     Reply,
+    printable,
 )
 from postwarden.resolver import make_resolver
 from postwarden.store.client import unavailable_on_error
@@ -82,7 +84,6 @@ _GRACE = 1.0
 _INSTANCE_CACHE_SIZE = 8192
 # RFC 7208 section 4.3: a domain that cannot exist gives "none" at once.
 _MAX_DOMAIN = 253
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _LOCAL_PART_MACRO = re.compile(rb"%\{[sl]", re.IGNORECASE)
 _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
 
@@ -301,7 +302,7 @@ def evaluate(
     except spf.TempError as exc:  # pyspf's own DNS failure escaping check()
         return Evaluation(identity, "temperror", str(exc), problem="DNS error", cacheable=False)
     except spf.PermError as exc:  # a record pyspf could not interpret
-        return Evaluation(identity, "permerror", str(exc), problem=_printable(str(exc)))
+        return Evaluation(identity, "permerror", str(exc), problem=printable(str(exc)))
     except Exception as exc:
         raise SpfEvaluationError(f"SPF evaluation of {domain} crashed: {exc!r}") from exc
     if result not in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"):
@@ -309,9 +310,9 @@ def evaluate(
     return Evaluation(
         identity,
         result,
-        _printable(str(explanation)),
-        mechanism=_printable(str(getattr(query, "mechanism", "") or "")),
-        problem=_printable(str(getattr(query, "prob", "") or ""))
+        printable(str(explanation)),
+        mechanism=printable(str(getattr(query, "mechanism", "") or "")),
+        problem=printable(str(getattr(query, "prob", "") or ""))
         if result.endswith("error")
         else "",
         cacheable=result != "temperror" and not _uses_local_part(query.cache),
@@ -332,26 +333,19 @@ def _uses_local_part(cache: Mapping[tuple[str, str], list[Any]]) -> bool:
     return False
 
 
-def _printable(text: str, limit: int = 300) -> str:
-    """ASCII, one line, bounded: the text came from the sender's DNS."""
-    if not (text.isascii() and text.isprintable()):
-        text = _UNPRINTABLE.sub(" ", text)
-    return text.strip()[:limit]
-
-
 # -- Received-SPF (RFC 7208 section 9.1) -----------------------------------
 
 
 def _value(text: str) -> str:
     """A key-value value: dot-atom as is, else a quoted-string."""
-    text = _printable(text, 255)
+    text = printable(text, 255)
     if _DOT_ATOM.match(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _comment(text: str) -> str:
-    text = _printable(text)
+    text = printable(text)
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
@@ -441,17 +435,6 @@ def note_mailfrom_result(ctx: CheckContext, req: PolicyRequest, result: str) -> 
         notes.popitem(last=False)
 
 
-def _matches_domain(domain: str, patterns: tuple[str, ...]) -> bool:
-    for pattern in patterns:
-        p = pattern.lower().rstrip(".")
-        if p.startswith("."):
-            if domain.endswith(p) or domain == p[1:]:
-                return True
-        elif domain == p:
-            return True
-    return False
-
-
 class SpfCheck:
     """The policy check; its settings, resolver and thread pool are fixed at build."""
 
@@ -505,7 +488,7 @@ class SpfCheck:
         if any(ip in net for net in s.whitelist.clients):
             return "whitelisted client"
         domain = req.sender_domain.rstrip(".")
-        if domain and _matches_domain(domain, s.whitelist.sender_domains):
+        if domain and dotted_domain_matches(domain, s.whitelist.sender_domains):
             return "whitelisted sender domain"
         return ""
 
@@ -595,7 +578,7 @@ class SpfCheck:
 
     def _helo_whitelisted(self, helo: str) -> bool:
         names = self.spf.whitelist.helo_names
-        return bool(names and helo) and _matches_domain(helo.lower(), names)
+        return bool(names and helo) and dotted_domain_matches(helo.lower(), names)
 
     async def _helo_resolves_to(self, helo: str, ip: str, deadline: float) -> bool:
         """policyd-spf's HELO whitelist: the name must resolve to the client."""
@@ -652,7 +635,7 @@ class SpfCheck:
             )
         elif action is SpfAction.QUARANTINE:
             answer = Decision(
-                Verb.HOLD, text=f"SPF {ev.result} for {_printable(domain, 100)}", reason=reason
+                Verb.HOLD, text=f"SPF {ev.result} for {printable(domain, 100)}", reason=reason
             )
         elif action is SpfAction.PREPEND:
             header = received_spf(
@@ -676,10 +659,10 @@ class SpfCheck:
             result=ev.result,
             explanation=explanation,
             identity=ev.identity,
-            domain=_printable(domain, 255),
+            domain=printable(domain, 255),
             ip=ip,
         )
-        return base.with_text(_printable(text, 450) or base.text)
+        return base.with_text(printable(text, 450) or base.text)
 
     def _log(self, req: PolicyRequest, **fields: object) -> None:
         if not log.isEnabledFor(logging.INFO):
@@ -688,7 +671,7 @@ class SpfCheck:
         line.update(fields)
         line.setdefault("client", req.client_address_raw)
         if req.helo_name and "helo" not in line:
-            line["helo"] = _printable(req.helo_name, 100)
+            line["helo"] = printable(req.helo_name, 100)
         decision(log, line)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
+from postwarden.addresses import is_address_pattern
 from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
 from postwarden.config.sections.common import CheckSettings
@@ -193,13 +194,8 @@ class SenderLoginSettings(CheckSettings):
         problems: list[Finding] = []
         for login, addresses in self.map.items():
             for i, addr in enumerate(addresses):
-                if not _address_pattern_ok(addr):
+                if not is_address_pattern(addr):
                     problems.append(
                         FieldProblem(f"map.{login}[{i}]", f"{addr!r} is not user@domain or @domain")
                     )
         return problems
-
-
-def _address_pattern_ok(text: str) -> bool:
-    _local, at, domain = text.partition("@")
-    return bool(at) and bool(domain) and "@" not in domain and " " not in text
