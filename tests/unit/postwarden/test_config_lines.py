@@ -118,3 +118,16 @@ def test_a_file_gone_after_loading_is_reported_at_the_line_naming_it(tmp_path: P
         (str(cfg), 4, "milters.headers.header_checks[0]", "error"),
     ]
     assert all("cannot read" in p.message for p in problems)
+
+
+def test_engines_place_their_problems_with_the_service_context(tmp_path: Path) -> None:
+    from milters.context import ServiceContext
+
+    cfg = write(tmp_path, "milters:\n  dkim:\n    enabled: true\n    budget: 5s\n")
+    ctx = ServiceContext(load_config(cfg))
+    ctx.setting_problem("milters.dkim.budget", "too short for a key fetch", "warning")
+    ctx.setting_problem("milters.dkim.keys[0]", "not written: placed at the block")
+    assert [str(p) for p in ctx.problems] == [
+        f"{cfg}:4: warning: milters.dkim.budget: too short for a key fetch",
+        f"{cfg}:2: milters.dkim.keys[0]: not written: placed at the block",
+    ]
