@@ -200,7 +200,7 @@ class Evaluation:
     """The outcome of check_host() for one identity, as cached in Redis."""
 
     identity: str
-    result: str
+    result: SpfResult
     explanation: str = ""
     mechanism: str = ""
     problem: str = ""
@@ -216,7 +216,9 @@ class Evaluation:
     def from_json(cls, identity: str, text: str | bytes) -> Evaluation | None:
         try:
             data = json.loads(text)
-            return cls(identity, str(data["r"]), str(data["e"]), str(data["m"]), str(data["p"]))
+            return cls(
+                identity, SpfResult(data["r"]), str(data["e"]), str(data["m"]), str(data["p"])
+            )
         except (ValueError, KeyError, TypeError):
             return None  # an old or foreign encoding: evaluate afresh
 
@@ -281,7 +283,7 @@ def evaluate(
     domain = ascii_domain(domain)
     problem = domain_problem(domain)
     if problem:
-        return Evaluation(identity, "none", problem=problem)
+        return Evaluation(identity, SpfResult.NONE, problem=problem)
     try:
         query = spf.query(
             i=ip,
@@ -300,22 +302,26 @@ def evaluate(
         finally:
             _current_lookup.reset(token)
     except spf.TempError as exc:  # pyspf's own DNS failure escaping check()
-        return Evaluation(identity, "temperror", str(exc), problem="DNS error", cacheable=False)
+        return Evaluation(
+            identity, SpfResult.TEMPERROR, str(exc), problem="DNS error", cacheable=False
+        )
     except spf.PermError as exc:  # a record pyspf could not interpret
-        return Evaluation(identity, "permerror", str(exc), problem=printable(str(exc)))
+        return Evaluation(identity, SpfResult.PERMERROR, str(exc), problem=printable(str(exc)))
     except Exception as exc:
         raise SpfEvaluationError(f"SPF evaluation of {domain} crashed: {exc!r}") from exc
-    if result not in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"):
-        result = "permerror"  # pyspf's "ambiguous" (harsh mode only) and the like
+    try:
+        outcome = SpfResult(result)
+    except ValueError:
+        outcome = SpfResult.PERMERROR  # pyspf's "ambiguous" (harsh mode only) and the like
     return Evaluation(
         identity,
-        result,
+        outcome,
         printable(str(explanation)),
         mechanism=printable(str(getattr(query, "mechanism", "") or "")),
         problem=printable(str(getattr(query, "prob", "") or ""))
-        if result.endswith("error")
+        if outcome in (SpfResult.PERMERROR, SpfResult.TEMPERROR)
         else "",
-        cacheable=result != "temperror" and not _uses_local_part(query.cache),
+        cacheable=outcome is not SpfResult.TEMPERROR and not _uses_local_part(query.cache),
     )
 
 
@@ -517,7 +523,7 @@ class SpfCheck:
         helo_ev = None
         if self.spf.helo_check is HeloCheck.ALWAYS and helo:
             helo_ev, source = await self._evaluation(ctx, HELO, ip, sender, helo, deadline)
-            helo_action = self.actions[HELO][SpfResult(helo_ev.result)]
+            helo_action = self.actions[HELO][helo_ev.result]
             if helo_action not in (SpfAction.PREPEND, SpfAction.IGNORE):
                 return self._act(req, ctx, helo_ev, helo_ev, ip, sender, helo, source)
         ev, source = await self._evaluation(ctx, MAILFROM, ip, sender, helo, deadline)
@@ -552,7 +558,9 @@ class SpfCheck:
     ) -> Evaluation:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return Evaluation(identity, "temperror", "SPF time budget exhausted", cacheable=False)
+            return Evaluation(
+                identity, SpfResult.TEMPERROR, "SPF time budget exhausted", cacheable=False
+            )
         loop = asyncio.get_running_loop()
 
         def work() -> Evaluation:
@@ -561,7 +569,7 @@ class SpfCheck:
             left = deadline - time.monotonic()
             if left <= 0:
                 return Evaluation(
-                    identity, "temperror", "SPF time budget exhausted", cacheable=False
+                    identity, SpfResult.TEMPERROR, "SPF time budget exhausted", cacheable=False
                 )
             return evaluate(
                 ip, sender, helo, identity, self.lookup,
@@ -574,7 +582,9 @@ class SpfCheck:
         try:
             return await asyncio.wait_for(job, remaining + _GRACE)
         except TimeoutError:
-            return Evaluation(identity, "temperror", "SPF time budget exhausted", cacheable=False)
+            return Evaluation(
+                identity, SpfResult.TEMPERROR, "SPF time budget exhausted", cacheable=False
+            )
 
     def _helo_whitelisted(self, helo: str) -> bool:
         names = self.spf.whitelist.helo_names
@@ -614,7 +624,7 @@ class SpfCheck:
         source: str,
         helo_ev: Evaluation | None = None,
     ) -> Decision | None:
-        action = self.actions[ev.identity][SpfResult(ev.result)]
+        action = self.actions[ev.identity][ev.result]
         domain = helo if ev.identity == HELO else sender.rpartition("@")[2]
         reason = f"spf {ev.identity}={ev.result}"
         answer: Decision | None

@@ -9,6 +9,7 @@ import ipaddress
 
 from policyd.check import CheckContext
 from policyd.checks import access, greylist, ratelimit
+from policyd.decision import Decision
 from policyd.protocol import PolicyRequest, RequestParser, encode_request
 from postwarden.clock import ManualClock
 from postwarden.config.load import load_config_text
@@ -58,7 +59,11 @@ def test_access_rules_for_ipv4_networks_match_mapped_clients() -> None:
     built = access.build(settings, [])
     assert built is not None
     ctx = CheckContext(settings=settings, store=None, clock=ManualClock())
-    decision = asyncio.run(built.run(parsed("::ffff:192.0.2.7"), ctx))
+
+    async def ask() -> Decision | None:
+        return await built.run(parsed("::ffff:192.0.2.7"), ctx)
+
+    decision = asyncio.run(ask())
     assert decision is not None and decision.action_line() == "554 5.7.1 go away"
 
 

@@ -232,7 +232,9 @@ def test_received_spf_has_the_rfc_7208_section_9_1_fields(dns_server: DnsServer)
 
 
 def test_received_spf_quotes_hostile_values() -> None:
-    ev = spf_check.Evaluation("mailfrom", "permerror", problem='bad "record" (x)\r\nX-Evil: 1')
+    ev = spf_check.Evaluation(
+        "mailfrom", SpfResult.PERMERROR, problem='bad "record" (x)\r\nX-Evil: 1'
+    )
     header = received_spf(ev, ip=CLIENT, sender="a@b.example", helo='evil"helo\n', receiver="mx")
     assert "\n" not in header and "\r" not in header
     assert 'helo="evil\\"helo";' in header
@@ -713,6 +715,13 @@ def _broken_lookup(name: str, qtype: str, timeout: float) -> list[Any]:
     raise RuntimeError("resolver bug")
 
 
+class _BrokenLookup(spf_check.DnsLookup):
+    """Our DNS hook with a bug in it."""
+
+    def __call__(self, name: str, qtype: str, timeout: float) -> list[Any]:
+        return _broken_lookup(name, qtype, timeout)
+
+
 def test_a_crash_inside_the_evaluation_is_an_error_not_a_permerror() -> None:
     with pytest.raises(spf_check.SpfEvaluationError, match="resolver bug"):
         spf_check.evaluate(
@@ -729,7 +738,7 @@ def test_a_crash_is_never_cached_and_reaches_the_server_as_an_error(
 
     async def body(store: AsyncStore) -> list[bytes]:
         check = SpfCheck(settings)
-        check.lookup = _broken_lookup
+        check.lookup = _BrokenLookup(check.lookup.resolver)
         ctx = CheckContext(settings=settings, store=store, clock=ManualClock())
         # When a request is checked, Then the crash propagates (the server
         # answers with on_error, see test_server) instead of a 550
