@@ -37,6 +37,7 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0
 STOP_DEADLINE = 30.0
+CHECK_DEADLINE = 120.0  # `config check` on reload compiles every rule table
 
 
 # Settings -> the services to run, as `postwarden` arguments (("milter", "headers"),
@@ -153,13 +154,18 @@ class Supervisor:
     def validate(self) -> Settings | None:
         """The new config if `postwarden config check` (what every service will
         load and build) accepts it, else None with its problems logged."""
-        check = subprocess.run(
-            [sys.executable, "-m", "postwarden", "config", "check", "-c", self.config_path],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            check = subprocess.run(
+                [sys.executable, "-m", "postwarden", "config", "check", "-c", self.config_path],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=CHECK_DEADLINE,
+            )
+        except subprocess.TimeoutExpired:
+            log.error("reload refused: config check took over %.0fs", CHECK_DEADLINE)
+            return None
         if check.returncode != 0:
             log.error("reload refused, services keep the running config:\n%s", check.stderr.strip())
             return None

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from postwarden.config.errors import ConfigProblem
 
-# The last step of a key path: `[3]` or `.name` (names may contain dots, e.g.
-# a CIDR override key, so steps are peeled from the right one known path at a time).
+# A list index at the end of a key path (`rules[3]`). Named steps are peeled
+# by `_parent`, which must cope with dots inside mapping keys (a CIDR).
 _LAST_INDEX = re.compile(r"\[\d+\]$")
 
 
