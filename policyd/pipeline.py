@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from policyd.check import Builder, BuiltCheck, CheckContext
 from policyd.decision import DUNNO, Decision, Verb
 from policyd.protocol import PolicyRequest
+from policyd.registry import specs
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
 
@@ -26,17 +27,21 @@ log = logging.getLogger("postwarden.policyd")
 
 
 def builders() -> dict[str, Builder]:
-    """Name -> builder, for every check `policyd.order` may name (from the registry)."""
-    from policyd.registry import specs
-
+    """Name -> builder, for every check this version serves (from the registry)."""
     return {name: spec.build for name, spec in specs().items()}
 
 
 def build_pipeline(settings: Settings, problems: list[ConfigProblem]) -> list[BuiltCheck]:
+    """The checks of `policyd.order`, built; problems go to `problems`."""
     table = builders()
     checks = []
-    for name in settings.policyd.order:
-        built = table[name](settings, problems)
+    for i, name in enumerate(settings.policyd.order):
+        build = table.get(name)
+        if build is None:  # a settings block without its check module
+            why = f"check {name!r} is not part of this version"
+            problems.append(settings.locations.problem(f"policyd.order[{i}]", why))
+            continue
+        built = build(settings, problems)
         if built is not None:
             checks.append(built)
     return checks
