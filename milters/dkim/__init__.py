@@ -347,7 +347,7 @@ def build_from(settings: Settings, ctx: ServiceContext) -> DkimEngine | None:
     try:
         keys = KeyTable.load(s.keys)
     except KeyFileError as exc:  # the loader checked; the file changed since
-        ctx.problem("config", 0, "milters.dkim.keys", str(exc))
+        ctx.problems.append(settings.locations.problem("milters.dkim.keys", str(exc)))
         keys = KeyTable(())
     records = KeyRecords(
         lambda: ctx.resolver,

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
 from postwarden.config.sections.common import MilterSettings
 from postwarden.config.units import Duration, FilePath
@@ -66,26 +67,34 @@ class DkimKey:
     def starts(self) -> datetime.date | None:
         return datetime.date.fromisoformat(self.not_before) if self.not_before else None
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if not _DOMAIN.match(self.domain.lower()):
-            problems.append(f"domain {self.domain!r} is not a domain name (or *.domain)")
+            problems.append(
+                FieldProblem("domain", f"{self.domain!r} is not a domain name (or *.domain)")
+            )
         if not _SELECTOR.match(self.selector.lower()):
-            problems.append(f"selector {self.selector!r} is not a DNS label")
+            problems.append(FieldProblem("selector", f"{self.selector!r} is not a DNS label"))
         if self.algorithm not in ALGORITHMS:
-            problems.append(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+            problems.append(
+                FieldProblem(
+                    "algorithm", f"{self.algorithm!r} is not one of {', '.join(ALGORITHMS)}"
+                )
+            )
         if self.not_before:
             try:
                 datetime.date.fromisoformat(self.not_before)
             except ValueError:
-                problems.append(f"not_before {self.not_before!r} is not a date like 2026-12-31")
+                problems.append(
+                    FieldProblem("not_before", f"{self.not_before!r} is not a date like 2026-12-31")
+                )
         if self.key_file is None:
             problems.append("key_file: the private key file is required")
         elif self.algorithm in ALGORITHMS:
             try:
                 read_private_key(self.key_file, self.algorithm)
             except KeyFileError as exc:
-                problems.append(str(exc))
+                problems.append(FieldProblem("key_file", str(exc)))
         return problems
 
 
@@ -124,8 +133,8 @@ class DkimMilterSettings(MilterSettings):
         factory=tuple, doc="seal only mail received by these {daemon_name}s; [] = all inbound"
     )
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         seen: set[tuple[str, str]] = set()
         for key in self.keys:
             ident = (key.domain.lower(), key.selector.lower())
