@@ -1,4 +1,11 @@
-"""Verifying every DKIM-Signature of a message (RFC 6376 section 6), with dkimpy.
+"""Verifying every DKIM-Signature of a message (RFC 6376 section 6).
+
+dkimpy parses the message and the tag lists, validates the tags and
+canonicalises headers and body (`hash_headers` blanks b= and selects the
+signed headers bottom-up); the signature check itself is OpenSSL's
+(`milters.dkim.crypto.PublicKey`), with parsed key records cached. The steps
+are those of dkimpy's `verify_sig_process`, so the two agree; doing them here
+keeps the clock injected and the key fetch cached and budgeted.
 
 Each signature gets one of RFC 8601's results (section 2.7.1), decided here
 so that the reasons are ours and stable:
