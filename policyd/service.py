@@ -15,7 +15,7 @@ import signal
 
 from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline
 from policyd.server import PolicyServer
-from postwarden import metrics, sdnotify
+from postwarden import metrics, privileges, sdnotify, sockets
 from postwarden.clock import SystemClock
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
@@ -45,7 +45,8 @@ async def serve(config_path: str, settings: Settings) -> int:
     owned = None
     socket_path = None
     if settings.redis.url is None and settings.redis.sentinel is None:
-        socket_path, owned = embedded.ensure(settings.state_dir)
+        run_as = privileges.effective(settings.privileges)
+        socket_path, owned = embedded.ensure(settings.state_dir, run_as=run_as)
     store = open_async_store(settings.redis, socket_path)
     ctx = CheckContext(
         settings=settings,
@@ -56,7 +57,10 @@ async def serve(config_path: str, settings: Settings) -> int:
     server = PolicyServer(settings, checks, ctx)
     if settings.metrics.enabled and not os.environ.get(metrics.MULTIPROC_ENV):
         metrics.serve(settings.metrics.listen)  # alone; under `run` the supervisor serves
-    await server.start()
+    with sockets.private_umask():  # 0600 until granted to Postfix's group
+        await server.start()
+    sockets.grant(settings.policyd.socket, settings.privileges)
+    privileges.drop(settings.privileges)  # before the first request is read
     flusher = asyncio.create_task(_flush_stats(ctx, store))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -14,6 +14,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client import multiprocess as _multiprocess
 
+from postwarden.errors import StartupError
+
 POLICY_REQUESTS = Counter(
     "postwarden_policyd_requests_total", "Policy requests answered, by action verb", ["action"]
 )
@@ -49,7 +51,14 @@ def serve(listen: str) -> None:
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    if registry is None:
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
-    else:
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    addr = host.strip("[]") or "127.0.0.1"
+    try:
+        if registry is None:
+            start_http_server(int(port), addr=addr)
+        else:
+            start_http_server(int(port), addr=addr, registry=registry)
+    except OSError as exc:
+        raise StartupError(
+            f"metrics.listen: cannot listen on {listen}: {exc.strerror};"
+            " stop what listens there or pick another port"
+        ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def notify(state: str) -> bool:
@@ -19,3 +20,29 @@ def notify(state: str) -> bool:
         return True
     except OSError:
         return False
+
+
+class Watchdog:
+    """Keeps systemd's WatchdogSec= satisfied: `tick()` from the main loop
+    sends WATCHDOG=1 every half interval (sd_watchdog_enabled(3): $WATCHDOG_USEC,
+    and $WATCHDOG_PID when set must be ours). A hung loop stops the pings and
+    systemd restarts the unit."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.interval: float | None = None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.interval = int(usec) / 2_000_000
+        self._last = 0.0
+
+    def tick(self) -> bool:
+        """Ping when due; True when a ping was sent."""
+        if self.interval is None:
+            return False
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return notify("WATCHDOG=1")

@@ -7,14 +7,15 @@ process's stderr goes to a file the test can read and search.
 
 Permissions: Postfix's smtpd runs as user `postfix` and connects to these
 sockets. The socket directory is a 0755 temp dir whose parents are searchable
-(`ports.shared_tempdir`); the services themselves make their sockets
-world-writable (policyd chmods 0666, the milter adapter binds under umask
-0o111), and `ServiceProcess.start` checks that they did.
+(`ports.shared_tempdir`); the services give their sockets to group postfix,
+mode 0660 (`postwarden.sockets`), and `ServiceProcess.start` checks that
+they did.
 """
 
 from __future__ import annotations
 
 import copy
+import grp
 import os
 import signal
 import stat
@@ -104,6 +105,9 @@ def write_config(
         "redis": {"url": f"unix://{redis_socket}", "prefix": "pwit:"},
         "state_dir": str(directory / "state"),
         "log": {"level": "debug", "format": "text"},
+        # Tests run as root and stay root (no postwarden user on CI machines);
+        # sockets go to group postfix 0660, as in production.
+        "privileges": {"user": None, "allow_root": True},
         "milters": {
             name_: {"enabled": name_ in milters, "socket": sock(name_)} for name_ in MILTER_NAMES
         },
@@ -170,11 +174,12 @@ class ServiceProcess:
             except TimeoutError:
                 continue
         if self.socket.startswith("unix:"):
-            mode = Path(self.socket[5:]).stat().st_mode
-            if mode & 0o002 == 0:
+            st = Path(self.socket[5:]).stat()
+            for_postfix = st.st_gid == grp.getgrnam("postfix").gr_gid and st.st_mode & 0o060
+            if not for_postfix and st.st_mode & 0o006 != 0o006:
                 raise RuntimeError(
-                    f"{self.socket} is {stat.filemode(mode)}: Postfix's smtpd (user postfix)"
-                    " could not connect to it"
+                    f"{self.socket} is {stat.filemode(st.st_mode)}: Postfix's smtpd (user"
+                    " postfix) could not connect to it"
                 )
 
     def _probe(self, timeout: float) -> None:
