@@ -130,5 +130,5 @@ def own_dir(path: str, ident: Identity | None, mode: int, *, adopt: bool = True)
     created = not os.path.isdir(path)
     os.makedirs(path, mode=mode, exist_ok=True)
     if ident is not None and (created or adopt):
+        os.chmod(path, mode)  # before chown: root still owns it (no CAP_FOWNER)
         os.chown(path, ident.uid, ident.gid)
-        os.chmod(path, mode)

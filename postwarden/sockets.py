@@ -131,6 +131,8 @@ def grant(sock: SocketAddress, settings: PrivilegeSettings) -> None:
     gid = -1
     if settings.socket_group is not None:
         gid = privileges.group_id(settings.socket_group, "socket_group")
+    # chmod first, while root still owns it: no CAP_FOWNER needed.
+    os.chmod(sock.path, GROUP_MODE if settings.socket_group is not None else OWNER_MODE)
     try:
         os.chown(sock.path, uid, gid)
     except PermissionError as exc:
@@ -141,4 +143,3 @@ def grant(sock: SocketAddress, settings: PrivilegeSettings) -> None:
             f"cannot give {sock.path} to group {settings.socket_group}: user {me} is not"
             f" in it; run: usermod -a -G {settings.socket_group} {me}"
         ) from None
-    os.chmod(sock.path, GROUP_MODE if settings.socket_group is not None else OWNER_MODE)
