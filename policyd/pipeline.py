@@ -12,12 +12,14 @@ restrictions still run.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from policyd.decision import DUNNO, Decision, Verb
 from policyd.protocol import PolicyRequest, ProtocolState
+from postwarden import metrics
 from postwarden.clock import Clock
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
@@ -139,7 +141,9 @@ async def evaluate(checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckC
     for check in checks:
         if req.protocol_state not in check.states:
             continue
+        started = time.perf_counter()
         decision = await check.run(req, ctx)
+        metrics.CHECK_LATENCY.labels(check.name).observe(time.perf_counter() - started)
         if decision is None or decision.verb is Verb.DUNNO:
             continue
         if not decision.check:

@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import logging.handlers
+import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -95,6 +96,10 @@ def setup(
     handler: logging.Handler
     if target == "syslog":
         try:
+            # SysLogHandler ignores a missing socket (and then drops every
+            # line); probe it first so the start fails instead.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(syslog_address)
             handler = logging.handlers.SysLogHandler(
                 address=syslog_address, facility=logging.handlers.SysLogHandler.LOG_MAIL
             )
