@@ -97,7 +97,9 @@ class SpfWhitelist:
 
 @dataclass(frozen=True, slots=True)
 class SpfSettings:
-    enabled: bool = setting(False)
+    # On by default: policyd-spf's defaults protect an MX on day one (fail
+    # rejected, the rest tagged with Received-SPF) and skip our own users.
+    enabled: bool = setting(True)
     mode: Mode = setting(Mode.ENFORCE)
     helo_check: HeloCheck = setting(HeloCheck.NULL_SENDER)
     mailfrom_actions: Mapping[str, SpfAction] = setting(
