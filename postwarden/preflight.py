@@ -58,8 +58,9 @@ def problems(
     """Every start-up problem for a process running `services`."""
     found: list[str] = []
     try:
-        privileges.effective(settings.privileges)
+        ident = privileges.effective(settings.privileges)
         privileges.check_not_root(settings.privileges)
+        found.extend(privileges.python_problems(ident))
     except StartupError as exc:
         found.append(str(exc))
     found.extend(service_sockets(settings, services))

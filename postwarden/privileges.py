@@ -18,6 +18,9 @@ import grp
 import logging
 import os
 import pwd
+import stat
+import sys
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +113,61 @@ def drop(settings: PrivilegeSettings) -> Identity | None:
     os.environ["HOME"] = pwd.getpwuid(ident.uid).pw_dir
     log.info("running as user %s (uid %d, gid %d)", ident.user, ident.uid, ident.gid)
     return ident
+
+
+def _allowed(st: os.stat_result, ident: Identity, bits: tuple[int, int, int]) -> bool:
+    """bits: the (user, group, other) permission bits wanted, e.g. the x bits."""
+    if st.st_uid == ident.uid:
+        return bool(st.st_mode & bits[0])
+    if st.st_gid == ident.gid or st.st_gid in ident.groups:
+        return bool(st.st_mode & bits[1])
+    return bool(st.st_mode & bits[2])
+
+
+def unreadable(path: str, ident: Identity) -> str | None:
+    """The first directory on the way to `path` (or `path` itself) that
+    `ident` cannot search or read, or None when it can."""
+    target = os.path.realpath(path)
+    search = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+    read = (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+    parts = target.split(os.sep)
+    for i in range(1, len(parts) + 1):
+        d = os.sep.join(parts[:i]) or os.sep
+        try:
+            st = os.stat(d)
+        except OSError:
+            return d
+        if stat.S_ISDIR(st.st_mode) and not _allowed(st, ident, search):
+            return d
+    st = os.stat(target)
+    return None if _allowed(st, ident, read) else target
+
+
+def python_problems(ident: Identity | None) -> list[str]:
+    """The dropped services keep importing modules (lazily, per message
+    kind): Python, its standard library and postwarden's packages must be
+    readable by the service user, or mail fails long after the start."""
+    if ident is None or ident.uid == 0:
+        return []
+    import postwarden
+
+    paths = {
+        sys.executable,
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        os.path.dirname(os.path.dirname(os.path.abspath(postwarden.__file__))),
+    }
+    problems = []
+    for path in sorted(paths):
+        blocked = unreadable(path, ident)
+        if blocked is not None:
+            problems.append(
+                f"privileges.user: {ident.user} cannot read {path} ({blocked} is closed"
+                f" to it); install postwarden with a Python the service user can read"
+                " (e.g. Debian's python3 in a venv under /opt), or set privileges.user: null"
+                " and start it as that user"
+            )
+    return problems
 
 
 def popen_identity(ident: Identity | None) -> Mapping[str, Any]:

@@ -9,19 +9,21 @@ deploy/sysusers.d does for `postwarden`.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import shutil
 import socket
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from postwarden import privileges
+from postwarden.privileges import Identity
 from tests.conftest import REPO
 from tests.harness.ports import free_port, shared_tempdir
 from tests.harness.services import (
@@ -54,6 +56,38 @@ def service_user() -> pwd.struct_passwd:
     return pwd.getpwnam(USER)
 
 
+@pytest.fixture(scope="module")
+def postwarden_cmd(service_user: pwd.struct_passwd) -> list[str]:
+    """The `postwarden` command, from a Python the service user can read.
+
+    On a fresh Debian machine that is the checkout's .venv (Debian's
+    python3). A .venv built on an interpreter the user cannot read (pyenv
+    under /root, 0700) is refused at start, rightly (see
+    privileges.python_problems); the tests then use a venv of Debian's
+    python3 with this checkout installed editable, built once under /var/tmp.
+    """
+    ident = Identity(
+        USER, service_user.pw_uid, service_user.pw_gid, (grp.getgrnam("postfix").gr_gid,)
+    )
+    if not privileges.python_problems(ident):
+        return postwarden_argv()
+    system_python = "/usr/bin/python3"
+    if not os.path.exists(system_python):
+        pytest.fail("python3 is missing: apt-get install python3 python3-venv")
+    stamp = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    venv = Path("/var/tmp") / f"postwarden-test-venv-{stamp}"
+    if not (venv / ".installed").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([system_python, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "-e", str(REPO)],
+            check=True,
+            capture_output=True,
+        )
+        (venv / ".installed").touch()
+    return [str(venv / "bin" / "postwarden")]
+
+
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """Config, sockets and state in a directory every user may traverse."""
@@ -77,10 +111,12 @@ def config(
     return cfg
 
 
-def start(cfg: ServiceConfig, kind: str, name: str | None, shared: Path) -> ServiceProcess:
+def start(
+    cmd: list[str], cfg: ServiceConfig, kind: str, name: str | None, shared: Path
+) -> ServiceProcess:
     label = name or kind
     return ServiceProcess(
-        argv=service_argv(cfg, kind, name),
+        argv=[*cmd, *service_argv(cfg, kind, name)[len(postwarden_argv()) :]],
         socket=cfg.socket(label),
         log_path=shared / f"{label}.log",
     ).start()
@@ -126,11 +162,11 @@ def socket_path(cfg: ServiceConfig, service: str) -> str:
 
 
 def test_policyd_started_as_root_drops_to_the_service_user(
-    service_user: pwd.struct_passwd, shared: Path
+    service_user: pwd.struct_passwd, postwarden_cmd: list[str], shared: Path
 ) -> None:
     # Given a config naming the service user, when policyd starts as root
     cfg = config(shared, privileges={"user": USER})
-    service = start(cfg, "policyd", None, shared)
+    service = start(postwarden_cmd, cfg, "policyd", None, shared)
     try:
         postfix_gid = grp.getgrnam("postfix").gr_gid
         # Then every uid and gid of the process is the service user's
@@ -190,10 +226,10 @@ def _cmdline(proc: Path) -> str:
 
 
 def test_milter_drops_every_thread_before_postfix_can_connect(
-    service_user: pwd.struct_passwd, shared: Path
+    service_user: pwd.struct_passwd, postwarden_cmd: list[str], shared: Path
 ) -> None:
     cfg = config(shared, privileges={"user": USER})
-    service = start(cfg, "milter", "noop", shared)
+    service = start(postwarden_cmd, cfg, "milter", "noop", shared)
     try:
         # libmilter's listener is a thread: glibc's setuid covers all of them.
         tasks = list(Path(f"/proc/{service.pid}/task").iterdir())
@@ -211,40 +247,17 @@ def test_milter_drops_every_thread_before_postfix_can_connect(
         service.stop()
 
 
-def _as_user_argv(user: pwd.struct_passwd, args: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """argv and Popen arguments that run `postwarden ARGS` as `user` from the start.
-
-    On a fresh Debian machine the venv's interpreter is /usr/bin/python3 and
-    the process is simply exec'd as the user. A venv built on an interpreter
-    under /root (pyenv, mode 0700) cannot be exec'd by another user; then the
-    interpreter starts as root, imports the services, and switches to the
-    user before postwarden's CLI runs, so postwarden still starts non-root.
-    """
-    ids: dict[str, Any] = {
-        "user": user.pw_uid,
-        "group": user.pw_gid,
-        "extra_groups": [grp.getgrnam("postfix").gr_gid],
-    }
-    try:
-        subprocess.run([sys.executable, "-c", "pass"], check=True, **ids)
-        return [*postwarden_argv(), *args], ids
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    shim = (
-        "import os, sys; import policyd.service, milters.service, postwarden.cli;"
-        f"os.setgroups({ids['extra_groups']!r}); os.setgid({user.pw_gid});"
-        f"os.setuid({user.pw_uid});"
-        f"sys.argv = ['postwarden', *{args!r}]; postwarden.cli.main()"
-    )
-    return [sys.executable, "-c", shim], {}
-
-
 def test_started_as_the_service_user_it_runs_as_is(
-    service_user: pwd.struct_passwd, shared: Path
+    service_user: pwd.struct_passwd, postwarden_cmd: list[str], shared: Path
 ) -> None:
     os.chown(shared, service_user.pw_uid, service_user.pw_gid)
     cfg = config(shared, privileges={"user": USER})
-    argv, ids = _as_user_argv(service_user, ["policyd", "-c", str(cfg.path)])
+    argv = [*postwarden_cmd, "policyd", "-c", str(cfg.path)]
+    ids: dict[str, Any] = {
+        "user": service_user.pw_uid,
+        "group": service_user.pw_gid,
+        "extra_groups": [grp.getgrnam("postfix").gr_gid],
+    }
     log = shared / "as-user.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -336,13 +349,13 @@ def test_metrics_port_in_use_is_a_startup_error(shared: Path) -> None:
 
 
 def test_run_as_root_keeps_the_supervisor_and_drops_every_child(
-    service_user: pwd.struct_passwd, shared: Path
+    service_user: pwd.struct_passwd, postwarden_cmd: list[str], shared: Path
 ) -> None:
     cfg = config(shared, privileges={"user": USER})
     log = shared / "run.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [*postwarden_argv(), "run", "-c", str(cfg.path)],
+            [*postwarden_cmd, "run", "-c", str(cfg.path)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -375,3 +388,16 @@ def _ppid(proc: Path) -> int:
     except OSError:
         return -1
     return int(stat_line.rpartition(")")[2].split()[1])
+
+
+def test_a_python_the_service_user_cannot_read_is_named(shared: Path) -> None:
+    # Given a tree the service user may not enter (as pyenv under /root is)
+    closed = shared / "closed-python"
+    (closed / "lib").mkdir(parents=True)
+    (closed / "lib" / "os.py").write_text("")
+    os.chmod(closed, 0o700)
+    nobody = Identity("nobody", NOBODY, NOBODY, ())
+    # Then the first directory it cannot search is reported
+    assert privileges.unreadable(str(closed / "lib" / "os.py"), nobody) == str(closed)
+    os.chmod(closed, 0o755)
+    assert privileges.unreadable(str(closed / "lib" / "os.py"), nobody) is None
