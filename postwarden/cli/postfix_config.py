@@ -99,3 +99,12 @@ def postfix_config(config_file: str | None, chroot: bool, queue_dir: str) -> Non
         click.echo(f"smtpd_policy_service_timeout = {wait}s")
         click.echo("# (policy_time_limit applies only to policy services spawn(8) starts;")
         click.echo("#  postwarden's policyd is its own daemon, so it is not needed.)")
+    listening = [str(milters[n].socket) for n in served]
+    if p.enabled:
+        listening.append(str(p.socket))
+    if listening:
+        group = settings.privileges.socket_group
+        access = f"group {group}, mode 0660" if group else "owner only, mode 0600"
+        click.echo(f"# postwarden listens on ({access}):")
+        for sock in listening:
+            click.echo(f"#   {sock}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.harness.services import postwarden_argv
 
 DEPLOY = REPO / "deploy"
 UNITS = ("postwarden.service", "postwarden@.service")
@@ -149,3 +150,16 @@ def test_tmpfiles_creates_the_socket_and_state_directories(tmp_path: Path) -> No
     assert owner_mode("var/lib/postwarden") == (uid, gid, 0o750)
     assert owner_mode("var/spool/postfix/postwarden") == (uid, postfix, 0o750)
     assert owner_mode("etc/postwarden") == (0, gid, 0o750)
+
+
+def test_contrib_main_cf_snippet_is_what_postfix_config_prints() -> None:
+    snippet = (REPO / "contrib" / "postfix" / "main.cf.snippet").read_text()
+    printed = subprocess.run(
+        [*postwarden_argv(), "postfix-config", "-c", str(DEPLOY / "postwarden.yaml")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    body = snippet[snippet.index("# --- main.cf") :]
+    assert body == printed, (
+        "regenerate: postwarden postfix-config -c deploy/postwarden.yaml"
+        " (below the header of contrib/postfix/main.cf.snippet)"
+    )
