@@ -14,6 +14,7 @@ mail. Its children and its embedded redis-server run as the service user.
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import logging
 import os
@@ -105,9 +106,12 @@ def drop(settings: PrivilegeSettings) -> Identity | None:
     ident = effective(settings)
     if ident is None or ident.uid == 0:
         return ident
+    deathsig = _parent_death_signal()
     os.setgroups(list(ident.groups))
     os.setresgid(ident.gid, ident.gid, ident.gid)
     os.setresuid(ident.uid, ident.uid, ident.uid)
+    if deathsig:  # the kernel clears it when credentials change (prctl(2))
+        _set_parent_death_signal(deathsig)
     if os.geteuid() != ident.uid or os.getegid() != ident.gid:  # pragma: no cover - kernel
         raise StartupError(f"could not switch to user {ident.user}")
     os.environ["HOME"] = pwd.getpwuid(ident.uid).pw_dir
@@ -168,6 +172,27 @@ def python_problems(ident: Identity | None) -> list[str]:
                 " and start it as that user"
             )
     return problems
+
+
+_PR_SET_PDEATHSIG = 1
+_PR_GET_PDEATHSIG = 2
+
+
+def _prctl() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl
+
+
+def _parent_death_signal() -> int:
+    """The signal this process gets when its parent dies (0: none)."""
+    sig = ctypes.c_int(0)
+    if _prctl()(_PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0) != 0:
+        return 0
+    return sig.value
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    _prctl()(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def popen_identity(ident: Identity | None) -> Mapping[str, Any]:

@@ -174,13 +174,21 @@ class ServiceProcess:
             except TimeoutError:
                 continue
         if self.socket.startswith("unix:"):
-            st = Path(self.socket[5:]).stat()
-            for_postfix = st.st_gid == grp.getgrnam("postfix").gr_gid and st.st_mode & 0o060
-            if not for_postfix and st.st_mode & 0o006 != 0o006:
-                raise RuntimeError(
-                    f"{self.socket} is {stat.filemode(st.st_mode)}: Postfix's smtpd (user"
-                    " postfix) could not connect to it"
-                )
+            # A service binds its socket 0600 and then opens it to group
+            # postfix (postwarden.sockets); root connects before that.
+            postfix = grp.getgrnam("postfix").gr_gid
+            while True:
+                st = Path(self.socket[5:]).stat()
+                if st.st_gid == postfix and st.st_mode & 0o060 == 0o060:
+                    break
+                if st.st_mode & 0o006 == 0o006:
+                    break
+                if time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.socket} is {stat.filemode(st.st_mode)}: Postfix's smtpd (user"
+                        f" postfix) could not connect to it:\n{self.log_text()}"
+                    )
+                time.sleep(0.01)
 
     def _probe(self, timeout: float) -> None:
         kind, _, rest = self.socket.partition(":")

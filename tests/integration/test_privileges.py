@@ -8,11 +8,14 @@ deploy/sysusers.d does for `postwarden`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import grp
 import hashlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -23,6 +26,7 @@ from typing import Any
 import pytest
 
 from postwarden import privileges
+from postwarden.config.sections.privileges import PrivilegeSettings
 from postwarden.privileges import Identity
 from tests.conftest import REPO
 from tests.harness.ports import free_port, shared_tempdir
@@ -111,15 +115,36 @@ def config(
     return cfg
 
 
+@contextlib.contextmanager
+def notify_socket(shared: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A $NOTIFY_SOCKET the dropped service can still write to."""
+    path = str(shared / f"notify-{os.urandom(4).hex()}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        os.chmod(path, 0o666)
+        s.settimeout(30)
+        yield s, path
+
+
+def wait_ready(notify: socket.socket) -> None:
+    """sd_notify READY=1: sent after the socket is granted and root dropped."""
+    while b"READY=1" not in notify.recv(4096).split(b"\n"):
+        pass
+
+
 def start(
     cmd: list[str], cfg: ServiceConfig, kind: str, name: str | None, shared: Path
 ) -> ServiceProcess:
     label = name or kind
-    return ServiceProcess(
-        argv=[*cmd, *service_argv(cfg, kind, name)[len(postwarden_argv()) :]],
-        socket=cfg.socket(label),
-        log_path=shared / f"{label}.log",
-    ).start()
+    with notify_socket(shared) as (notify, path):
+        service = ServiceProcess(
+            argv=[*cmd, *service_argv(cfg, kind, name)[len(postwarden_argv()) :]],
+            socket=cfg.socket(label),
+            log_path=shared / f"{label}.log",
+            env={"NOTIFY_SOCKET": path},
+        ).start()
+        wait_ready(notify)
+    return service
 
 
 def proc_ids(pid: int) -> tuple[list[int], list[int], set[int]]:
@@ -259,19 +284,23 @@ def test_started_as_the_service_user_it_runs_as_is(
         "extra_groups": [grp.getgrnam("postfix").gr_gid],
     }
     log = shared / "as-user.log"
-    with log.open("wb") as fh:
+    with notify_socket(shared) as (notify, notify_path), log.open("wb") as fh:
         proc = subprocess.Popen(
             argv,
             stdout=fh,
             stderr=subprocess.STDOUT,
             cwd=REPO,
-            env={**os.environ, "HOME": str(shared)},
+            env={**os.environ, "HOME": str(shared), "NOTIFY_SOCKET": notify_path},
             start_new_session=True,
             **ids,
         )
+        try:
+            wait_ready(notify)
+        except TimeoutError:
+            proc.kill()
+            raise AssertionError(f"no READY=1:\n{log.read_text()}") from None
     path = socket_path(cfg, "policyd")
     try:
-        wait_until(lambda: connects(path) or proc.poll() is not None, "policyd socket")
         assert proc.poll() is None, log.read_text()
         st = os.stat(path)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
@@ -401,3 +430,24 @@ def test_a_python_the_service_user_cannot_read_is_named(shared: Path) -> None:
     assert privileges.unreadable(str(closed / "lib" / "os.py"), nobody) == str(closed)
     os.chmod(closed, 0o755)
     assert privileges.unreadable(str(closed / "lib" / "os.py"), nobody) is None
+
+
+def test_dropping_root_keeps_the_parent_death_signal(service_user: pwd.struct_passwd) -> None:
+    # A supervisor may ask the kernel to stop its children when it dies
+    # (PR_SET_PDEATHSIG); setuid clears that, so drop() sets it again.
+    settings = PrivilegeSettings(user=USER)
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 100
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)
+            privileges.drop(settings)
+            sig = ctypes.c_int(0)
+            libc.prctl(2, ctypes.byref(sig), 0, 0, 0)
+            ok = os.getuid() == service_user.pw_uid and sig.value == signal.SIGTERM
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
