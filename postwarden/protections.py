@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from postwarden.config import Settings
-from postwarden.config.sections.spf import DEFAULT_MAILFROM_ACTIONS
+from postwarden.config.sections.spf import DEFAULT_MAILFROM_ACTIONS, SpfAction, SpfResult
 
 
-def _spf_table(actions: Mapping[str, object]) -> str:
-    """ "fail -> reject, temperror -> defer, others -> prepend"."""
+def _spf_table(actions: Mapping[SpfResult, SpfAction]) -> str:
+    """Like "fail -> reject, temperror -> defer, others -> prepend"."""
     by_action: dict[str, list[str]] = {}
     for result, action in actions.items():
-        by_action.setdefault(str(getattr(action, "value", action)), []).append(result)
+        by_action.setdefault(action.value, []).append(result.value)
     common = max(by_action, key=lambda a: len(by_action[a]))
     parts = [
         f"{'/'.join(results)} -> {action}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
@@ -37,17 +36,6 @@ class CountingResolver(dns.resolver.Resolver):
             raise
 
 
-class CountingAsyncResolver(dns.asyncresolver.Resolver):
-    """The asyncio resolver, counting failed lookups in /metrics."""
-
-    async def resolve(self, *args: Any, **kwargs: Any) -> dns.resolver.Answer:
-        try:
-            return await super().resolve(*args, **kwargs)
-        except dns.exception.DNSException as exc:
-            _count_failure(exc)
-            raise
-
-
 def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> None:
     servers = settings.parsed_nameservers()
     if servers:
@@ -63,12 +51,5 @@ def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> No
 def make_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
     configure = not settings.nameservers
     resolver = CountingResolver(configure=configure)
-    _configure(resolver, settings)
-    return resolver
-
-
-def make_async_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
-    configure = not settings.nameservers
-    resolver = CountingAsyncResolver(configure=configure)
     _configure(resolver, settings)
     return resolver

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -9,14 +10,33 @@ import click
 from postwarden.cli import startup
 from postwarden.cli.config import service_problems
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
+from postwarden.config import Settings
 from postwarden.errors import PostwardenError, StartupError
+
+log = logging.getLogger("postwarden.supervisor")
+
+
+def enabled_services(settings: Settings) -> list[tuple[str, ...]]:
+    """The `postwarden` subcommands `run` keeps running for these settings."""
+    from milters.registry import specs
+
+    services: list[tuple[str, ...]] = []
+    available = specs()
+    for name, m in settings.milters.by_name().items():
+        if m.enabled and name in available:
+            services.append(("milter", name))
+        elif m.enabled:
+            log.info("milter %s is enabled but not part of this version; not started", name)
+    if settings.policyd.enabled:
+        services.append(("policyd",))
+    return services
 
 
 @click.command()
 @config_option
 def run(config_file: str | None) -> None:
     """Start every enabled service; restart crashed ones; SIGHUP reloads."""
-    from postwarden.supervisor import Supervisor, enabled_services
+    from postwarden.supervisor import Supervisor
 
     path, settings = load_or_exit(config_file)
     startup.setup_logging(settings)
@@ -27,7 +47,7 @@ def run(config_file: str | None) -> None:
         sys.exit(EX_CONFIG)
     startup.check_or_exit(settings, enabled_services(settings), serves_metrics=True)
     try:
-        sys.exit(Supervisor(path, settings).run())
+        sys.exit(Supervisor(path, settings, enabled_services).run())
     except StartupError as exc:
         startup.fail(exc)
     except PostwardenError as exc:
