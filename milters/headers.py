@@ -249,8 +249,14 @@ class HeadersEngine:
 
     # -- the message --------------------------------------------------------
     def evaluate(self, msg: Message, env: Envelope, ctx: MessageContext) -> Verdict:
+        # Fallback matches (patterns RE2 cannot run) take one pooled child
+        # for this message and end by its budget, so a slow message neither
+        # outlasts its budget nor holds up other connections.
+        with self.fallback.session(ctx.budget):
+            return self._evaluate(msg, env, ctx.budget)
+
+    def _evaluate(self, msg: Message, env: Envelope, budget: Budget) -> Verdict:
         s = self.settings
-        budget = ctx.budget
         state = CleanupState()
         warns: list[Decision] = []
         prepends: dict[int, list[str]] = {}
