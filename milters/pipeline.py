@@ -42,6 +42,9 @@ WARN_HEADER = "X-Postwarden-Warn"
 # would only queue. Abandoned (overrun) evaluations hold a worker until their
 # next budget check, so the pool also bounds what a slow message can take.
 WORKERS = 32
+# How long an overrun waits for the engine's own BudgetExceeded, which names
+# the slow step (a rule, a DNS zone) for the log; then "engine".
+WHERE_GRACE = 0.05
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,18 @@ class Runner:
             return self.failed(stage, exc, budget)
         try:
             verdict = future.result(timeout=budget.remaining())
-        except (concurrent.futures.TimeoutError, BudgetExceeded) as exc:
-            future.cancel()
+        except concurrent.futures.TimeoutError as exc:
+            if not future.cancel():
+                # An engine that honours the budget stops by itself at the
+                # deadline: a moment's grace lets the log name its slow step.
+                try:
+                    future.result(timeout=WHERE_GRACE)
+                except BudgetExceeded as where:
+                    return self._timed_out(stage, where, budget)
+                except BaseException:
+                    pass
+            return self._timed_out(stage, exc, budget)
+        except BudgetExceeded as exc:
             return self._timed_out(stage, exc, budget)
         except Exception as exc:
             return self.failed(stage, exc, budget)
