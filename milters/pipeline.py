@@ -38,13 +38,13 @@ from postwarden.replies import BUDGET_EXCEEDED, SERVICE_UNAVAILABLE
 log = logging.getLogger("postwarden.milter")
 
 WARN_HEADER = "X-Postwarden-Warn"
+# After the deadline, how long a cooperative engine gets to raise
+# BudgetExceeded itself, so the log names the slow step (a rule, a zone).
+NAMING_GRACE = 0.05
 # Worker threads per milter process; more than libmilter's concurrent sessions
 # would only queue. Abandoned (overrun) evaluations hold a worker until their
 # next budget check, so the pool also bounds what a slow message can take.
 WORKERS = 32
-# How long an overrun waits for the engine's own BudgetExceeded, which names
-# the slow step (a rule, a DNS zone) for the log; then "engine".
-WHERE_GRACE = 0.05
 
 
 @dataclass(frozen=True)
@@ -111,19 +111,9 @@ class Runner:
         except RuntimeError as exc:  # pool shut down (process stopping)
             return self.failed(stage, exc, budget)
         try:
-            verdict = future.result(timeout=budget.remaining())
-        except concurrent.futures.TimeoutError as exc:
-            if not future.cancel():
-                # An engine that honours the budget stops by itself at the
-                # deadline: a moment's grace lets the log name its slow step.
-                try:
-                    future.result(timeout=WHERE_GRACE)
-                except BudgetExceeded as where:
-                    return self._timed_out(stage, where, budget)
-                except BaseException:
-                    pass
-            return self._timed_out(stage, exc, budget)
-        except BudgetExceeded as exc:
+            verdict = future.result(timeout=budget.remaining() + NAMING_GRACE)
+        except (concurrent.futures.TimeoutError, BudgetExceeded) as exc:
+            future.cancel()
             return self._timed_out(stage, exc, budget)
         except Exception as exc:
             return self.failed(stage, exc, budget)
