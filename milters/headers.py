@@ -67,6 +67,7 @@ from milters.header_lines import (
 )
 from milters.header_regex_worker import FallbackWorker
 from milters.message import Action, Envelope, HeaderEdit, HeaderOp, Message, Verdict
+from milters.pipeline import HIDDEN_TOP_HEADERS  # Postfix's own Received: header
 from milters.regexp_table import Dialect, Table, load_table
 from postwarden import logs
 from postwarden.budget import Budget
@@ -81,11 +82,6 @@ log = logging.getLogger("postwarden.milter.headers")
 
 # cleanup: CLEANUP_STAT_WRITE after a map lookup error ("try again later").
 LOOKUP_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
-# Postfix hides its own Received: header from smtpd milters but counts it in
-# an insert index (measured with Postfix 3.7: insheader(0) lands above it;
-# chgheader occurrence numbers do not count it). So "above the milter's
-# header i" is insert index i + 1.
-HIDDEN_TOP_HEADERS = 1
 _EDIT_VERBS = (Verb.PREPEND, Verb.REPLACE, Verb.IGNORE, Verb.STRIP)
 
 
