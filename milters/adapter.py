@@ -27,8 +27,8 @@ loopback showed exactly one such 40 ms stall per message, and TCP_NODELAY on
 our side cannot help: the waiting end is Postfix's. Answering DATA puts an
 immediate ACK on the wire (it rides on the reply), so end-of-message goes out
 at once, for one round trip per message (not per recipient). Over unix
-sockets there is no ACK to wait for, and the extra wake-up of libmilter would
-only cost CPU (measured: about 0.3 ms per message), so DATA is not even sent.
+sockets there is no ACK to wait for, and an extra libmilter wake-up per
+message would buy nothing, so DATA is not even sent.
 """
 
 from __future__ import annotations
