@@ -101,6 +101,9 @@ class Setup:
     cases: Sequence[Case]
     noop: str = "noop"  # "noop" (the real one) or "probe" (in noop's place)
     noop_settings: Mapping[str, Any] = field(default_factory=dict)
+    # Milters on loopback TCP instead of unix sockets (there the adapter
+    # also answers DATA, so its reply carries the ACK Postfix waits for).
+    inet: bool = False
 
 
 SETUPS = [
@@ -110,6 +113,14 @@ SETUPS = [
         [PLAIN, REJECT, EDITS, TRIAL, BODY_HIT, TRUNCATED],
     ),
     Setup("warn+noop", {"mode": "warn"}, [warned(REJECT), EDITS, warned(BODY_HIT)]),
+    Setup(
+        "enforce+probe-over-tcp",
+        {"rules": [TRIAL_RULE]},
+        [PLAIN, REJECT, EDITS, TRUNCATED, RAISES],
+        noop="probe",
+        noop_settings={"on_error": "tempfail"},
+        inet=True,
+    ),
     Setup(
         "enforce+probe",
         {"rules": [TRIAL_RULE]},
@@ -259,6 +270,7 @@ def test_scan_and_postfix_agree(
     body.write_text("\n".join(BODY_TABLE) + "\n")
     config = postwarden_config(
         milters=("headers", "noop"),
+        inet=("headers", "noop") if setup.inet else (),
         overrides={
             "milters": {
                 "headers": {
