@@ -70,7 +70,7 @@ from milters.message import Action, Envelope, HeaderEdit, HeaderOp, Message, Ver
 from milters.pipeline import HIDDEN_TOP_HEADERS  # Postfix's own Received: header
 from milters.regexp_table import Dialect, Table, load_table
 from postwarden import logs
-from postwarden.budget import Budget
+from postwarden.budget import Budget, BudgetExceeded
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.headers import Form, HeaderRule, HeadersMilterSettings, Scope
@@ -207,7 +207,10 @@ class HeadersEngine:
         # same rule decides here; the decoded form only gets what is left.
         for form, key in forms:
             for table in self.tables[cls]:
-                hit = table.lookup(key)
+                try:
+                    hit = table.lookup(key)
+                except BudgetExceeded as exc:  # a fallback match ran out of time
+                    raise BudgetExceeded(f"{where}, {table.path}: {exc.where}") from None
                 if hit is None:
                     continue
                 action = self._action(hit.result, context)
