@@ -58,12 +58,19 @@ TEMPFAIL: int = Milter.TEMPFAIL
 DISCARD: int = Milter.DISCARD
 
 # Macros read at each stage (Postfix MILTER_README "Macros"); `i` is the
-# queue ID, known from MAIL FROM on.
-_MACROS = {
+# queue ID, known from MAIL FROM on. `postwarden postfix-config` prints the
+# main.cf parameter of each stage (MACRO_PARAMETERS) so Postfix sends them.
+MACROS = {
     "connect": ("j", "{daemon_name}", "{client_addr}", "{client_name}", "{client_port}", "_"),
     "hello": ("{tls_version}", "{cipher}", "{cert_subject}"),
     "envfrom": ("i", "{auth_type}", "{auth_authen}", "{auth_author}", "{mail_addr}"),
     "eom": ("i",),
+}
+MACRO_PARAMETERS = {
+    "connect": "milter_connect_macros",
+    "hello": "milter_helo_macros",
+    "envfrom": "milter_mail_macros",
+    "eom": "milter_end_of_data_macros",
 }
 
 
@@ -132,7 +139,7 @@ class MilterAdapter(Milter.Base):  # type: ignore[misc]
         return logs.context(queue=self._macros.get("i", ""), connection=self._conn)
 
     def _read_macros(self, stage: str) -> None:
-        for name in _MACROS[stage]:
+        for name in MACROS[stage]:
             try:
                 value = self.getsymval(name)
             except Exception:  # no libmilter context (e.g. some test harnesses)

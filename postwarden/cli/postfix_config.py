@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from postwarden.cli.options import config_option, load_or_exit
@@ -12,6 +14,33 @@ QUEUE_DIR = "/var/spool/postfix"
 # Postfix's default, printed explicitly: every milter `budget` stays below it
 # with a margin (the schema caps budget at 250s).
 POSTFIX_CONTENT_TIMEOUT = 300
+# Postfix's default, printed explicitly (or request_timeout + the margin,
+# if longer): Postfix must wait longer than policyd takes to answer.
+POSTFIX_POLICY_TIMEOUT = 100
+POLICY_TIMEOUT_MARGIN = 10
+# Postfix 3.7's default macro lists (postconf -d; a test compares them with
+# the installed Postfix). The printed lists are these plus what the milters
+# read, so other milters of a site keep theirs.
+POSTFIX_DEFAULT_MACROS = {
+    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
+    "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    "milter_mail_macros": (
+        "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}"
+    ),
+    "milter_end_of_data_macros": "i",
+}
+
+
+def macro_lines() -> list[str]:
+    """`milter_*_macros = ...` for every stage whose macros the milters read."""
+    from milters.adapter import MACRO_PARAMETERS, MACROS
+
+    lines = []
+    for stage, parameter in MACRO_PARAMETERS.items():
+        names = POSTFIX_DEFAULT_MACROS.get(parameter, "").split()
+        names += [m for m in MACROS[stage] if m not in names]
+        lines.append(f"{parameter} = {' '.join(names)}")
+    return lines
 
 
 def postfix_socket(sock: SocketAddress, chroot: bool) -> str:
@@ -54,6 +83,10 @@ def postfix_config(config_file: str | None, chroot: bool) -> None:
         # Each milter decides within its `budget`; Postfix must wait longer,
         # or its own timeout (and milter_default_action) would decide.
         click.echo(f"milter_content_timeout = {POSTFIX_CONTENT_TIMEOUT}s")
+        # What the milters read: client address and name, daemon name, SASL
+        # login, queue ID (Postfix's defaults leave out {client_addr}).
+        for line in macro_lines():
+            click.echo(line)
     p = settings.policyd
     if p.enabled:
         if p.socket.kind == "unix" and p.socket.path.startswith(QUEUE_DIR + "/"):
@@ -69,6 +102,11 @@ def postfix_config(config_file: str | None, chroot: bool) -> None:
         # One policy reply carries one PREPEND; headers a message still owes
         # (e.g. X-Greylist behind Received-SPF) go out at DATA.
         click.echo(f"smtpd_data_restrictions = check_policy_service {target}")
+        # policyd answers within request_timeout, below Postfix's wait.
+        wait = max(
+            POSTFIX_POLICY_TIMEOUT, math.ceil(float(p.request_timeout)) + POLICY_TIMEOUT_MARGIN
+        )
+        click.echo(f"smtpd_policy_service_timeout = {wait}s")
         if p.ratelimit.enabled:
             click.echo(f"smtpd_end_of_data_restrictions = check_policy_service {target}")
         click.echo("# Postfix's own default when the policy service is down is 451 4.3.5;")
