@@ -8,6 +8,7 @@ import click
 
 from postwarden.cli.options import config_option, load_or_exit
 from postwarden.config.schema import OnError
+from postwarden.config.sections.ratelimit import Counts
 from postwarden.config.units import SocketAddress
 
 QUEUE_DIR = "/var/spool/postfix"
@@ -107,7 +108,9 @@ def postfix_config(config_file: str | None, chroot: bool) -> None:
             POSTFIX_POLICY_TIMEOUT, math.ceil(float(p.request_timeout)) + POLICY_TIMEOUT_MARGIN
         )
         click.echo(f"smtpd_policy_service_timeout = {wait}s")
-        if p.ratelimit.enabled:
+        # Byte limits are counted at END-OF-MESSAGE, where `size` is known
+        # (SMTPD_POLICY_README); every other check decides at RCPT or DATA.
+        if p.ratelimit.enabled and any(r.count is Counts.BYTES for r in p.ratelimit.rules):
             click.echo(f"smtpd_end_of_data_restrictions = check_policy_service {target}")
         click.echo("# Postfix's own default when the policy service is down is 451 4.3.5;")
         click.echo("# default_action above makes it match policyd.on_error.")
