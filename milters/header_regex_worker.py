@@ -164,7 +164,11 @@ class FallbackWorker:
     ) -> tuple[int, ...] | None:
         where = f"fallback regex {pattern[:60]!r}"
         if session.child is None:
-            session.child = self._acquire(session.budget, where)
+            try:
+                session.child = self._acquire(session.budget, where)
+            except (OSError, EOFError, TimeoutError) as exc:  # could not start one
+                self._warn.warning("crash", "fallback regex worker failed: %s", exc)
+                return None
         child = session.child
         limit = min(self.budget, session.budget.remaining())
         try:

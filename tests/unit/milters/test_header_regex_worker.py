@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -113,3 +114,12 @@ def test_the_worker_matches_like_python_re(worker: FallbackWorker) -> None:
             None if m is None else tuple(x for g in range(m.re.groups + 1) for x in m.span(g))
         )
         assert worker.search(pattern, 0, subject) == expected
+
+
+@pytest.mark.expect_log("WARNING", "fallback regex worker failed")
+def test_a_worker_that_cannot_start_counts_as_no_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    w = FallbackWorker(budget=5.0)
+    with w.session(Budget(30.0)):
+        assert w.search(rb"(a)\1", 0, b"aa") is None
+    assert w.children == 0
