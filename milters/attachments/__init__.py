@@ -161,9 +161,9 @@ class AttachmentsEngine:
         for part in scan.walker.walk(msg.header_bytes(), msg.body):
             if part.is_text_body and not sniff(part.data[:1024]):
                 # The message text, unless it is really a program.
-                if self.part_scan and part.declared_type == "text/html":
-                    if self._clamd(part.data, None, part.path, scan, ctx):
-                        return self._clamd_tempfail(scan)
+                html = self.part_scan and part.declared_type == "text/html"
+                if html and self._clamd(part.data, None, part.path, scan, ctx):
+                    return self._clamd_tempfail(scan)
                 continue
             if self._file(part, scan, ctx):
                 return self._clamd_tempfail(scan)
@@ -211,9 +211,8 @@ class AttachmentsEngine:
                 action = getattr(self.settings.classes, hit.cls)
                 if action is not ClassAction.OFF:
                     scan.findings.append(Finding(report, hit.cls, action, hit.why))
-            if top and self.part_scan:
-                if self._clamd(data, report, path, scan, ctx):
-                    return True
+            if top and self.part_scan and self._clamd(data, report, path, scan, ctx):
+                return True
             top = False
             if listing is None or listing.container != "archive":
                 continue

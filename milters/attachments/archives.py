@@ -27,7 +27,7 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Protocol
 
 from postwarden.budget import Budget
 
@@ -52,7 +52,6 @@ ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
 )
 _BIG = 1024 * 1024  # below this, high compression ratios are normal (text, zeros)
 _AES = 99  # WinZip AES compression method (APPNOTE.TXT appendix E)
-
 
 
 class Allowance(Protocol):
@@ -112,7 +111,12 @@ def list_archive(
 
 
 def _zip(
-    data: bytes, name: str, limits: ArchiveLimits, allowance: Allowance, budget: Budget, out: Listing
+    data: bytes,
+    name: str,
+    limits: ArchiveLimits,
+    allowance: Allowance,
+    budget: Budget,
+    out: Listing,
 ) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         infos = zf.infolist()
@@ -163,7 +167,7 @@ def _odf(zf: zipfile.ZipFile) -> bool:
 
 
 def _read(
-    stream: io.BufferedIOBase | zipfile.ZipExtFile | gzip.GzipFile,
+    stream: IO[bytes],
     where: str,
     declared: int,
     packed: int,
@@ -221,7 +225,7 @@ def _tar(
             stream = tf.extractfile(info)
             if stream is None:
                 continue
-            member = _read(stream, where, info.size, 0, limits, allowance, out)  # type: ignore[arg-type]
+            member = _read(stream, where, info.size, 0, limits, allowance, out)
             member.name = info.name.rsplit("/", 1)[-1]
             out.members.append(member)
 
@@ -259,7 +263,9 @@ def _compressed(
     else:
         inner = name.rpartition(".")[0] or name
     out.names.append(inner)
-    stream = opener(fileobj=io.BytesIO(data))  # type: ignore[operator]
-    member = _read(stream, f"{name}/{inner}", limits.max_member_size, len(data), limits, allowance, out)
+    stream = opener(fileobj=io.BytesIO(data))
+    member = _read(
+        stream, f"{name}/{inner}", limits.max_member_size, len(data), limits, allowance, out
+    )
     member.name = inner
     out.members.append(member)

@@ -71,9 +71,7 @@ def classify(
     ext = extension(name)
     kind = ftype.kind
     container = listing.container if listing else ""
-    if container in ("jar", "apk"):
-        kind = container
-    elif container in ("ooxml", "odf"):
+    if container in ("jar", "apk", "ooxml", "odf"):
         kind = container
     elif kind == "ole" and not ole_has_macros(data) and ext in ("doc", "xls", "ppt", "dot"):
         kind = "ole-document"
@@ -113,9 +111,15 @@ def classify(
         hits.append(Hit("double_extensions", "whitespace padding before the extension"))
     else:
         exts = extensions(name)
-        if len(exts) >= 2 and exts[-1] in settings.script_extensions and exts[-2].isalnum():
-            if 1 <= len(exts[-2]) <= 5 and not exts[-2].isdigit():
-                hits.append(Hit("double_extensions", f".{exts[-2]}.{exts[-1]}"))
+        decoy = exts[-2] if len(exts) >= 2 else ""
+        if (
+            decoy
+            and exts[-1] in settings.script_extensions
+            and decoy.isalnum()
+            and len(decoy) <= 5
+            and not decoy.isdigit()
+        ):
+            hits.append(Hit("double_extensions", f".{decoy}.{exts[-1]}"))
 
     # custom lists by MIME type (detected or declared) or extension.
     custom = [t.lower() for t in settings.custom_types]

@@ -36,9 +36,9 @@ from postwarden.budget import Budget
 HEADER_BLOCK_LIMIT = 64 * 1024  # a MIME part's headers beyond this are body
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? +([0-7]{3,4}) +([^\r\n]+?)[ \t]*\r?$", re.M)
-_UU_END = re.compile(rb"^end[ \t]*\r?$", re.M)
+_UU_END = re.compile(rb"^end[ \t]*(?=\r?\n|\Z)", re.M)
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
-_HEADER_PARSER = email.parser.BytesHeaderParser()
+_HEADER_PARSER = email.parser.HeaderParser()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +181,7 @@ class Walker:
                 return
             if cte in ("base64", "quoted-printable"):
                 inner = memoryview(self._decode(body, cte, e.path))
-                override = span
+                override: Span | None = span
                 base = 0
             else:
                 inner, override, base = body, e.span_override, e.base + body_offset
@@ -244,9 +244,9 @@ class Walker:
 
 def split_part(view: memoryview) -> tuple[bytes, memoryview, int]:
     """A MIME entity -> (header bytes, body view, body offset in the entity)."""
-    if view[:2] == b"\r\n":
+    if bytes(view[:2]) == b"\r\n":
         return b"", view[2:], 2
-    if view[:1] == b"\n":
+    if bytes(view[:1]) == b"\n":
         return b"", view[1:], 1
     m = _HEADER_END.search(view, 0, min(len(view), HEADER_BLOCK_LIMIT))
     if m is None:
@@ -274,24 +274,26 @@ def split_multipart(body: memoryview, boundary: str) -> Iterator[tuple[int, int]
     for m in delimiter.finditer(body):
         if start is not None:
             end = m.start()
-            if end > start and body[end - 1 : end] == b"\n":
+            if end > start and bytes(body[end - 1 : end]) == b"\n":
                 end -= 1
-                if end > start and body[end - 1 : end] == b"\r":
+                if end > start and bytes(body[end - 1 : end]) == b"\r":
                     end -= 1
             yield start, max(start, end)
         if m.group(1):  # close delimiter: the epilogue follows
             return
         start = m.end()
-        if body[start : start + 2] == b"\r\n":
+        if bytes(body[start : start + 2]) == b"\r\n":
             start += 2
-        elif body[start : start + 1] == b"\n":
+        elif bytes(body[start : start + 1]) == b"\n":
             start += 1
     if start is not None and start < len(body):
         yield start, len(body)
 
 
 def _headers(raw: bytes) -> email.message.Message:
-    return _HEADER_PARSER.parsebytes(raw)
+    # UTF-8 header bytes (RFC 6532) become text here; the stdlib's bytes
+    # parser would turn them into U+FFFD in parameter values.
+    return _HEADER_PARSER.parsestr(raw.decode("utf-8", "surrogateescape"))
 
 
 def filename(info: email.message.Message) -> str:
@@ -305,6 +307,13 @@ def filename(info: email.message.Message) -> str:
     if isinstance(raw, tuple):  # an undecoded RFC 2231 triple
         raw = email.utils.collapse_rfc2231_value(raw)
     name = str(raw or "")
+    if any("\udc80" <= c <= "\udcff" for c in name):
+        # Raw 8-bit bytes in the header (RFC 6532 UTF-8, or a legacy charset).
+        octets = name.encode("ascii", "surrogateescape")
+        try:
+            name = octets.decode("utf-8")
+        except UnicodeDecodeError:
+            name = octets.decode("latin-1")
     if "=?" in name:
         name = decode_words(name)
     return name.strip("\r\n")
