@@ -140,6 +140,7 @@ class AttachmentsEngine:
             lim.max_archive_members, lim.max_expansion_ratio, int(lim.max_member_size)
         )
         clamav = settings.clamav
+        self.errors = logs.RateLimitedLog(log, interval=60.0)
         self.part_scan = clamav.enabled and clamav.scan == "parts"
         self.whole_message_scan = clamav.enabled and clamav.scan == "message"
         self.allowed_hashes = frozenset(h.lower() for h in settings.allow.sha256)
@@ -263,6 +264,10 @@ class AttachmentsEngine:
         except clamd.ClamdError as exc:
             ctx.stats.add("milter.attachments.error.clamd")
             scan.clamd_problem = str(exc)
+            on_error = self.settings.on_error.value
+            self.errors.warning(
+                "clamd", "attachments: clamd unavailable: %s; on_error=%s", exc, on_error
+            )
             return self.settings.on_error is OnError.TEMPFAIL
         if result.virus and c.action is not ClassAction.OFF:
             scan.findings.append(Finding(report, "virus", c.action, f"{result.virus} in {path}"))
@@ -270,7 +275,6 @@ class AttachmentsEngine:
 
     def _clamd_tempfail(self, scan: _Scan) -> Verdict:
         reason = f"clamd unavailable: {scan.clamd_problem}; on_error=tempfail"
-        log.warning("attachments: %s", reason)
         return Verdict(Action.TEMPFAIL, reason=reason, reply=SERVICE_UNAVAILABLE)
 
     # -- the verdict ----------------------------------------------------------
@@ -296,7 +300,8 @@ class AttachmentsEngine:
         self._log(env, action, scan.files, findings, "")
         if strongest is None:
             return Verdict(reason="no findings", details=details)
-        first = next(f for f in findings if f.action is strongest)
+        # A virus names itself first; otherwise the first finding in the message.
+        first = min((f for f in findings if f.action is strongest), key=lambda f: f.cls != "virus")
         reason = f"{strongest.value}: {first.describe()}: {first.why}"
         if strongest is ClassAction.REJECT:
             base = VIRUS_REJECTED if first.cls == "virus" else ATTACHMENT_REJECTED

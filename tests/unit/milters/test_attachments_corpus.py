@@ -35,6 +35,14 @@ def attachments_only_config(path: Path) -> Path:
     return path
 
 
+def describe(f: dict[str, object]) -> str:
+    """`name (detected/type; classes)` for the listing."""
+    classes = f["classes"]
+    assert isinstance(classes, list)
+    extra = f"; {','.join(classes)}" if classes else ""
+    return f"{f['name'] or f['path']} ({f['type']}{extra})"
+
+
 def test_whole_corpus_scans_without_an_exception(tmp_path: Path) -> None:
     files = unpack_corpus(tmp_path / "corpus")
     assert len(files) == 3250
@@ -61,10 +69,7 @@ def test_whole_corpus_scans_without_an_exception(tmp_path: Path) -> None:
     print(f"\n{len(with_files)} of {len(results)} messages carry files:")
     for r in with_files:
         verdict = r["milters"]["attachments"]
-        listed = ", ".join(
-            f"{f['name'] or f['path']} ({f['type']}{'; ' + ','.join(f['classes']) if f['classes'] else ''})"
-            for f in verdict["files"]
-        )
+        listed = ", ".join(describe(f) for f in verdict["files"])
         print(f"  {Path(r['file']).name}: {verdict['action']}: {listed}")
     # The 2002 corpus does carry attachments (images, zips, a few programs).
     assert with_files
