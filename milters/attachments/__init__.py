@@ -49,7 +49,11 @@ from milters.context import MessageContext, ServiceContext
 from milters.engine import MilterSpec, Needs
 from milters.message import Action, Envelope, HeaderEdit, HeaderOp, Message, Verdict
 from postwarden import logs
-from postwarden.config.sections.attachments import AttachmentsMilterSettings, ClassAction
+from postwarden.config.sections.attachments import (
+    AttachmentsMilterSettings,
+    ClamavScan,
+    ClassAction,
+)
 from postwarden.config.sections.common import OnError
 from postwarden.replies import ATTACHMENT_REJECTED, SERVICE_UNAVAILABLE, VIRUS_REJECTED
 
@@ -141,8 +145,8 @@ class AttachmentsEngine:
         )
         clamav = settings.clamav
         self.errors = logs.RateLimitedLog(log, interval=60.0)
-        self.part_scan = clamav.enabled and clamav.scan == "parts"
-        self.whole_message_scan = clamav.enabled and clamav.scan == "message"
+        self.part_scan = clamav.enabled and clamav.scan is ClamavScan.PARTS
+        self.whole_message_scan = clamav.enabled and clamav.scan is ClamavScan.MESSAGE
         self.allowed_hashes = frozenset(h.lower() for h in settings.allow.sha256)
         self.allowed_senders = frozenset(a.lower() for a in settings.allow.senders)
         self.allowed_domains = frozenset(

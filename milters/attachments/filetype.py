@@ -113,6 +113,23 @@ class _Magic(threading.local):
         self.text = magic.Magic()
 
 
+# Kinds whose signature settles the type: libmagic (about a millisecond a
+# call) is skipped for them. Their members or structure are examined by
+# `archives`/`classes` anyway.
+_KNOWN = {
+    "zip": ("application/zip", "Zip archive data"),
+    "gzip": ("application/gzip", "gzip compressed data"),
+    "bzip2": ("application/x-bzip2", "bzip2 compressed data"),
+    "xz": ("application/x-xz", "XZ compressed data"),
+    "rar": ("application/x-rar", "RAR archive data"),
+    "7z": ("application/x-7z-compressed", "7-zip archive data"),
+    "pdf": ("application/pdf", "PDF document"),
+    "png": ("image/png", "PNG image data"),
+    "jpeg": ("image/jpeg", "JPEG image data"),
+    "gif": ("image/gif", "GIF image data"),
+}
+
+
 _MAGIC = _Magic()
 
 
@@ -133,12 +150,18 @@ def detect(data: bytes) -> FileType:
     if not data:
         return FileType("empty", "application/x-empty", "empty")
     head = data[:SNIFF_BYTES]
+    kind = sniff(head)
+    if kind in _KNOWN:
+        mime, description = _KNOWN[kind]
+        return FileType(kind, mime, description)
     try:
         mime = _MAGIC.mime.from_buffer(head)
-        description = _MAGIC.text.from_buffer(head)
+        # The description is for people; only programs and OLE files need it
+        # (it names the PE subsystem, or an MSI inside an OLE container).
+        described = kind in EXECUTABLE_KINDS or kind == "ole"
+        description = _MAGIC.text.from_buffer(head) if described else mime
     except magic.MagicException as exc:  # a damaged file can upset a magic test
         mime, description = "application/octet-stream", f"unknown ({exc})"
-    kind = sniff(head)
     if kind == "ole" and ("MSI Installer" in description or mime == "application/x-msi"):
         kind = "msi"
     if not kind:

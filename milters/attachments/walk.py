@@ -25,7 +25,6 @@ from __future__ import annotations
 import binascii
 import email.header
 import email.message
-import email.parser
 import email.utils
 import re
 from collections.abc import Iterator
@@ -38,7 +37,11 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? +([0-7]{3,4}) +([^\r\n]+?)[ \t]*\r?$", re.M)
 _UU_END = re.compile(rb"^end[ \t]*(?=\r?\n|\Z)", re.M)
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
-_HEADER_PARSER = email.parser.HeaderParser()
+# A Content-* header with its continuation lines (RFC 5322 2.2.3 folding).
+_CONTENT_HEADER = re.compile(
+    rb"^(content-[!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M | re.I
+)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +294,16 @@ def split_multipart(body: memoryview, boundary: str) -> Iterator[tuple[int, int]
 
 
 def _headers(raw: bytes) -> email.message.Message:
-    # UTF-8 header bytes (RFC 6532) become text here; the stdlib's bytes
-    # parser would turn them into U+FFFD in parameter values.
-    return _HEADER_PARSER.parsestr(raw.decode("utf-8", "surrogateescape"))
+    """The part's Content-* headers as a stdlib Message (for its RFC 2045 /
+    RFC 2231 parameter parsing); the other headers are not needed here.
+    UTF-8 header bytes (RFC 6532) become text; the stdlib's bytes parser
+    would turn them into U+FFFD in parameter values."""
+    msg = email.message.Message()
+    for m in _CONTENT_HEADER.finditer(raw):
+        name = m.group(1).decode("ascii")
+        value = _FOLD.sub(b" ", m.group(2)).strip()
+        msg[name] = value.decode("utf-8", "surrogateescape")
+    return msg
 
 
 def filename(info: email.message.Message) -> str:

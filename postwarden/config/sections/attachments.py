@@ -101,6 +101,14 @@ class AttachmentAllow:
         ]
 
 
+class ClamavScan(StrEnum):
+    """parts: each decoded file (and HTML text) on its own, so a verdict
+    names the file; message: the raw message once (clamd decodes MIME)."""
+
+    PARTS = "parts"
+    MESSAGE = "message"
+
+
 @dataclass(frozen=True, slots=True)
 class ClamavSettings:
     """A clamd reached over its socket (INSTREAM); off unless enabled."""
@@ -112,10 +120,7 @@ class ClamavSettings:
     max_scan_size: Size = setting(
         Size(25 * 1024 * 1024), min=1024, doc="bytes sent per part (clamd StreamMaxLength)"
     )
-    scan: str = setting("parts", doc="parts (each decoded file) | message (the raw message)")
-
-    def validate_node(self) -> list[str]:
-        return [] if self.scan in ("parts", "message") else ["scan: expected parts or message"]
+    scan: ClamavScan = setting(ClamavScan.PARTS)
 
 
 @dataclass(frozen=True, slots=True)
