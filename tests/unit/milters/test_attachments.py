@@ -7,16 +7,20 @@ import email.policy
 import gzip
 import hashlib
 import io
+import json
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from milters.attachments import AttachmentsEngine
 from milters.attachments.walk import Walker, WalkLimits, filename
 from milters.context import MessageContext
 from milters.message import Action, Envelope, HeaderOp, Message, Verdict
+from postwarden import cli
 from postwarden.config.load import load_config_text
 from postwarden.config.schema import Settings
 from postwarden.config.sections.attachments import AttachmentsMilterSettings
@@ -341,7 +345,7 @@ def test_nesting_within_the_limit_finds_the_exe() -> None:
 def test_zip_bomb_member_is_not_inflated() -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.writestr("zeros.bin", b"\x00" * (64 * 1024 * 1024))
+        zf.writestr("zeros.bin", b"\x00" * (16 * 1024 * 1024))
     v = run(one("bomb.zip", buf.getvalue()))
     assert v.action is Action.QUARANTINE
     found_classes = found(v)
@@ -391,3 +395,43 @@ def test_broken_base64_and_garbage_never_raise() -> None:
     )
     v = run(raw)
     assert v.action in (Action.ACCEPT, Action.ADD_HEADER)
+
+
+# -- what the operator sees ------------------------------------------------------
+
+
+def test_one_decision_log_line_names_queue_files_types_and_classes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = mime_message([Attachment("setup.exe", minimal_pe()), Attachment("a.zip", zip_of({}))])
+    run(raw)
+    lines = [r.getMessage() for r in caplog.records if r.name == "postwarden.milter.attachments"]
+    assert len(lines) == 1
+    [line] = lines
+    assert line.startswith("decision service=attachments queue=4ABC action=reject")
+    assert "files=setup.exe,a.zip" in line
+    assert "application/vnd.microsoft.portable-executable" in line
+    assert "classes=executables" in line
+
+
+def test_scan_json_shows_the_verdict_header_and_files(tmp_path: Path) -> None:
+    message = tmp_path / "exe.eml"
+    message.write_bytes(one("setup.exe", minimal_pe()))
+    config = tmp_path / "postwarden.yaml"
+    config.write_text(
+        "milters:\n  headers: {enabled: false}\n  dkim: {enabled: false}\n"
+        "  spam: {enabled: false}\n"
+    )
+    result = CliRunner().invoke(cli.main, ["scan", "--json", "-c", str(config), str(message)])
+    out = json.loads(result.output)
+    verdict = out["milters"]["attachments"]
+    assert out["action"] == "reject"
+    assert verdict["reply"] == '550 5.7.1 Attachment "setup.exe" refused: executables'
+    assert verdict["headers"] == [
+        {
+            "op": "add",
+            "name": "X-Postwarden-Attachments",
+            "value": '"setup.exe" application/vnd.microsoft.portable-executable executables=reject',
+        }
+    ]
+    assert verdict["files"][0]["kind"] == "pe"
