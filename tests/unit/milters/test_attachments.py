@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import random
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -435,3 +436,38 @@ def test_scan_json_shows_the_verdict_header_and_files(tmp_path: Path) -> None:
         }
     ]
     assert verdict["files"][0]["kind"] == "pe"
+
+
+def test_mutated_messages_never_raise() -> None:
+    # Seeded byte mutations of structured messages (boundaries, archives,
+    # encoded names, uuencode): every one gets a verdict.
+    seeds = [
+        mime_message([Attachment("a.zip", zip_of({"x.exe": minimal_pe(), "d.docx": docx()}))]),
+        mime_message(
+            [Attachment("b.tgz", tar_gz({"y.exe": minimal_pe()})), Attachment("c.odt", odt())]
+        ),
+        mime_message(
+            [Attachment("r\u00e9.exe", minimal_elf(), name_style="rfc2231")],
+            text="x\r\n" + uuencoded("u.exe", minimal_pe()).decode(),
+        ),
+        nested_multipart(30),
+        mime_message([Attachment("e.zip", encrypted_zip({"a": b"b"}))]),
+    ]
+    inserts = [b"\r\n", b"--", b"=?utf-8?B?", b"begin 644 x\r\n", b"PK\x03\x04", b"\r\n\r\n", b'"']
+    rng = random.Random(12)
+    engine = AttachmentsEngine(Settings().milters.attachments)
+    for _ in range(500):
+        raw = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(raw))
+            op = rng.random()
+            if op < 0.4:
+                raw[pos] = rng.randrange(256)
+            elif op < 0.6:
+                del raw[pos : pos + rng.randint(1, 50)]
+            elif op < 0.8:
+                raw[pos:pos] = raw[rng.randrange(len(raw)) :][: rng.randint(1, 100)]
+            else:
+                raw[pos:pos] = rng.choice(inserts)
+        verdict = engine.evaluate(Message.from_bytes(bytes(raw)), ENV, MessageContext.offline())
+        assert isinstance(verdict.action, Action)
