@@ -108,7 +108,7 @@ class Finding:
 
     def describe(self) -> str:
         if self.file is None:
-            return f"{self.cls}={self.action.value} ({self.why})"
+            return f"{self.cls}={self.action.value} ({safe_name(self.why, 200)})"
         return f'"{self.label}" {self.file.ftype.mime} {self.cls}={self.action.value}'
 
 
@@ -312,10 +312,10 @@ class AttachmentsEngine:
             text = (
                 f'Attachment "{first.label}" refused: {first.cls}'
                 if first.file
-                else f"Message refused: {first.cls} ({first.why})"
+                else f"Message refused: {first.cls} ({safe_name(first.why, 200)})"
             )
             if first.cls == "virus":
-                text = f'Virus found in "{first.label}": {first.why.split(" in ")[0]}'
+                text = f'Virus found in "{first.label}": {safe_name(first.why.split(" in ")[0], 100)}'
             return Verdict(
                 Action.REJECT,
                 reason=reason,

@@ -38,9 +38,7 @@ _UU_BEGIN = re.compile(rb"^begin(?:-base64)? +([0-7]{3,4}) +([^\r\n]+?)[ \t]*\r?
 _UU_END = re.compile(rb"^end[ \t]*(?=\r?\n|\Z)", re.M)
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 # A Content-* header with its continuation lines (RFC 5322 2.2.3 folding).
-_CONTENT_HEADER = re.compile(
-    rb"^(content-[!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M | re.I
-)
+_CONTENT_HEADER = re.compile(rb"^(content-[!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M | re.I)
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 
 

@@ -79,7 +79,7 @@ class AttachmentLimits:
     max_depth: int = setting(20, min=1, max=200, doc="multipart / message/rfc822 nesting")
     max_decoded_size: Size = setting(Size(25 * 1024 * 1024), min=1024, doc="one part, decoded")
     max_total_size: Size = setting(Size(100 * 1024 * 1024), min=1024, doc="all parts, decoded")
-    archive_depth: int = setting(3, min=0, max=20, doc="archives inside archives looked into")
+    archive_depth: int = setting(3, min=1, max=20, doc="archives inside archives looked into")
     max_archive_members: int = setting(1000, min=1, doc="members of one archive")
     max_expansion_ratio: int = setting(100, min=2, doc="unpacked/packed size of a member")
     max_member_size: Size = setting(Size(25 * 1024 * 1024), min=1024, doc="one member, unpacked")
