@@ -315,7 +315,9 @@ class AttachmentsEngine:
                 else f"Message refused: {first.cls} ({safe_name(first.why, 200)})"
             )
             if first.cls == "virus":
-                text = f'Virus found in "{first.label}": {safe_name(first.why.split(" in ")[0], 100)}'
+                text = (
+                    f'Virus found in "{first.label}": {safe_name(first.why.split(" in ")[0], 100)}'
+                )
             return Verdict(
                 Action.REJECT,
                 reason=reason,

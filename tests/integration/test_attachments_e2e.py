@@ -81,7 +81,7 @@ def test_strip_delivers_the_message_with_the_part_replaced(
     [received] = sink.wait_for(1)
     parsed = email.message_from_bytes(received.raw, policy=email.policy.default)
     assert parsed.is_multipart() and not parsed.defects
-    parts = list(parsed.iter_parts())  # type: ignore[attr-defined]
+    parts = list(parsed.iter_parts())
     assert [p.get_content_type() for p in parts] == ["text/plain"] * 3
     assert 'removed the attachment "report.pdf"' in parts[1].get_content()
     assert parts[2].get_filename() == "notes.txt"
