@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.fixtures.attachments import Attachment, mime_message, minimal_pe, zip_of
+from tests.fixtures.attachments import EICAR, Attachment, mime_message, minimal_pe, zip_of
+from tests.harness.clamd import ClamdInstance
+from tests.harness.ports import shared_tempdir
 from tests.harness.postfix import PostfixInstance
 from tests.harness.services import ServiceConfig, ServiceProcess
 from tests.harness.sink import SmtpSink
@@ -108,3 +111,29 @@ def test_quarantine_puts_the_message_in_the_hold_queue(
     held = postfix.wait_for_hold(1)
     assert held == [result.queue_id]
     assert sink.count == 0
+
+
+def test_eicar_found_by_a_private_clamd_is_rejected_at_end_of_data(
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+    sink: SmtpSink,
+) -> None:
+    base = shared_tempdir("pw-clamd-")
+    try:
+        with ClamdInstance(base) as clamd:
+            postfix = _postfix(
+                postfix_factory,
+                postwarden_config,
+                postwarden_service,
+                clamav={"enabled": True, "socket": f"unix:{clamd.socket}"},
+            )
+            data = mime_message([Attachment("readme.txt", EICAR, "text/plain")])
+            result = postfix.send("alice@example.org", "bob@example.net", data)
+            assert result.code("data") == 550
+            assert 'Virus found in "readme.txt": Eicar-Test' in result.text("data")
+            clean = postfix.send("alice@example.org", "bob@example.net", mime_message([]))
+            assert clean.accepted, clean.replies
+            sink.wait_for(1)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
