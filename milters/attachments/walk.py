@@ -164,6 +164,12 @@ class Walker:
                     self.hit("max_depth", e.path, f"multipart nested deeper than {e.depth}")
                     return
                 children = list(split_multipart(body, boundary.strip()))
+                if not children:
+                    # No delimiter at all: lenient clients show the body, so
+                    # it is examined as one part rather than skipped.
+                    children = [(0, len(body))] if _looks_like_headers(body) else []
+                if not children:
+                    ctype = "application/octet-stream"
                 for i, (start, end) in reversed(list(enumerate(children, 1))):
                     stack.append(
                         _Entity(
@@ -174,7 +180,8 @@ class Walker:
                             span_override=e.span_override,
                         )
                     )
-                return
+                if children:
+                    return
         cte = str(info.get("content-transfer-encoding", "")).strip().lower()
         if ctype == "message/rfc822":
             if e.depth >= self.limits.max_depth:

@@ -471,3 +471,15 @@ def test_mutated_messages_never_raise() -> None:
                 raw[pos:pos] = rng.choice(inserts)
         verdict = engine.evaluate(Message.from_bytes(bytes(raw)), ENV, MessageContext.offline())
         assert isinstance(verdict.action, Action)
+
+
+def test_multipart_without_its_delimiter_is_still_examined() -> None:
+    # Some clients show a body whose boundary never appears; it is not skipped.
+    raw = (
+        b"From: a@example.org\r\nSubject: odd\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="never"\r\n\r\n'
+        b'Content-Type: application/octet-stream; name="x.exe"\r\n\r\n' + minimal_pe()
+    )
+    v = run(raw)
+    assert v.action is Action.REJECT
+    assert v.reply is not None and "x.exe" in v.reply.text
