@@ -59,6 +59,7 @@ from postwarden.replies import ATTACHMENT_REJECTED, SERVICE_UNAVAILABLE, VIRUS_R
 
 log = logging.getLogger("postwarden.milter.attachments")
 
+UNREAD = FileType("unread", "application/octet-stream", "packed member, not unpacked")
 HEADER_LIMIT = 900  # characters of the findings header before "..."
 
 
@@ -192,13 +193,13 @@ class AttachmentsEngine:
     def _file(self, part: Part, scan: _Scan, ctx: MessageContext) -> bool:
         """One MIME file and everything inside it; True when clamd failed
         and on_error says tempfail."""
-        stack: list[tuple[str, str, bytes, str, int, str]] = [
-            (part.name, part.declared_type, part.data, part.path, 0, "")
+        stack: list[tuple[str, str, bytes, str, int, str, bool]] = [
+            (part.name, part.declared_type, part.data, part.path, 0, "", False)
         ]
         top = True
         while stack:
             ctx.budget.check("attachments: files")
-            name, declared, data, path, level, inside = stack.pop()
+            name, declared, data, path, level, inside, unread = stack.pop()
             if not top and not scan.walker.count_part(path):
                 return False
             if self.allowed_hashes:
@@ -207,7 +208,8 @@ class AttachmentsEngine:
                     scan.allowed.append(f"{safe_name(name or path)} sha256 allow-listed")
                     top = False
                     continue
-            ftype = detect(data)
+            # A member we could not unpack (compressed RAR) is known by name only.
+            ftype = UNREAD if unread else detect(data)
             report = FileReport(path, name, declared, ftype, len(data), part.span, inside)
             listing = self._listing(data, ftype, name or path, scan)
             report.hits = classify(name, declared, ftype, listing, data, self.settings)
@@ -231,7 +233,8 @@ class AttachmentsEngine:
             for member in reversed(listing.members):
                 if not member.encrypted:
                     mpath = f"{path}/{member.name}"
-                    stack.append((member.name, "", member.data, mpath, level + 1, here))
+                    entry = (member.name, "", member.data, mpath, level + 1, here, member.unread)
+                    stack.append(entry)
         return False
 
     def _listing(self, data: bytes, ftype: FileType, name: str, scan: _Scan) -> Listing | None:

@@ -14,6 +14,12 @@ members (ECMA-376 `[Content_Types].xml`, ODF `mimetype`, Java
 their members are not handed out as files of their own. Encrypted members
 (zip general purpose flag bit 0, APPNOTE.TXT 4.4.4, or the AES method 99)
 are listed as encrypted and never decrypted.
+
+RAR archives (RAR 4 and 5) are listed with `rarfile`, which reads the
+headers itself: member names, sizes and the encryption flag. Stored
+members are read like zip members; compressed ones would need the non-free
+unrar program, so they are classed by name only (and the archive is also
+`opaque_archives`, to say not everything in it was seen).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from typing import IO, Protocol
+
+import rarfile
 
 from postwarden.budget import Budget
 
@@ -49,6 +57,7 @@ ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     lzma.LZMAError,
     struct.error,
+    rarfile.Error,
 )
 _BIG = 1024 * 1024  # below this, high compression ratios are normal (text, zeros)
 _AES = 99  # WinZip AES compression method (APPNOTE.TXT appendix E)
@@ -77,6 +86,7 @@ class Member:
     size: int
     encrypted: bool = False
     truncated: bool = False
+    unread: bool = False  # packed in a way we do not unpack: name only
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Listing:
     members: list[Member] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     encrypted: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
     macros: bool = False
     unreadable: str = ""
     limit_hits: list[tuple[str, str]] = field(default_factory=list)
@@ -105,6 +116,8 @@ def list_archive(
             _tar(data, "r:", name, limits, allowance, budget, listing)
         elif kind in ("gzip", "bzip2", "xz"):
             _compressed(data, kind, name, limits, allowance, budget, listing)
+        elif kind == "rar":
+            _rar(data, name, limits, allowance, budget, listing)
     except ARCHIVE_ERRORS as exc:
         listing.unreadable = f"{type(exc).__name__}: {exc}"[:200]
     return listing
@@ -159,6 +172,41 @@ def _zip(
                 continue
             out.members.append(_read(zf.open(info), where, info.file_size, info.compress_size,
                                      limits, allowance, out))  # fmt: skip
+
+
+def _rar(
+    data: bytes,
+    name: str,
+    limits: ArchiveLimits,
+    allowance: Allowance,
+    budget: Budget,
+    out: Listing,
+) -> None:
+    with rarfile.RarFile(io.BytesIO(data)) as rf:
+        infos = rf.infolist()
+        if not infos and rf.needs_password():
+            out.encrypted.append("(encrypted file names)")
+            return
+        if len(infos) > limits.max_members:
+            out.limit_hits.append(("max_archive_members", f"{name}: {len(infos)} members"))
+            infos = infos[: limits.max_members]
+        for info in infos:
+            budget.check("attachments: archive")
+            if info.is_dir() or not info.filename:
+                continue
+            out.names.append(info.filename)
+            base = info.filename.replace("\\", "/").rsplit("/", 1)[-1]
+            if info.needs_password():
+                out.encrypted.append(info.filename)
+                out.members.append(Member(base, b"", info.file_size or 0, encrypted=True))
+            elif info.compress_type == rarfile.RAR_M0:
+                where = f"{name}/{info.filename}"
+                member = _read(rf.open(info), where, info.file_size or 0, 0, limits, allowance, out)
+                member.name = base
+                out.members.append(member)
+            else:
+                out.unread.append(info.filename)
+                out.members.append(Member(base, b"", info.file_size or 0, unread=True))
 
 
 def _odf(zf: zipfile.ZipFile) -> bool:

@@ -99,6 +99,8 @@ def classify(
     elif kind == "unknown" and ext in settings.archive_extensions:
         hits.append(Hit("archives", f".{ext} file"))
         hits.append(Hit("opaque_archives", f".{ext}: content not recognised"))
+    if listing and listing.unread:
+        hits.append(Hit("opaque_archives", f"{len(listing.unread)} members checked by name only"))
     if listing and listing.unreadable:
         hits.append(Hit("opaque_archives", f"unreadable: {listing.unreadable[:80]}"))
     if listing and listing.encrypted:
@@ -136,6 +138,8 @@ def classify(
 
 def type_mismatch(name: str, declared_type: str, ftype: FileType, kind: str) -> str:
     """Where the content disagrees with the extension or the declared type."""
+    if kind == "unread":
+        return ""  # known by name only: nothing to compare
     real = FileType(kind, ftype.mime, ftype.description)
     claim = EXTENSION_KINDS.get(extension(name))
     if claim and ftype.kind != "empty" and not real.claimed_by(claim):

@@ -28,7 +28,7 @@ EXECUTABLE_KINDS = frozenset(
 ARCHIVE_KINDS = frozenset(
     {"zip", "tar", "gzip", "bzip2", "xz", "rar", "7z", "cab", "ace", "arj", "lzh", "zstd", "iso"}
 )
-READABLE_ARCHIVES = frozenset({"zip", "tar", "gzip", "bzip2", "xz"})
+READABLE_ARCHIVES = frozenset({"zip", "tar", "gzip", "bzip2", "xz", "rar"})
 OFFICE_KINDS = frozenset({"ooxml", "odf", "ole-document"})
 
 # (offset, signature, kind) checked in order; the first match wins.

@@ -35,6 +35,7 @@ from tests.fixtures.attachments import (
     nested_multipart,
     odt,
     ole_doc_with_macros,
+    rar4,
     tar_gz,
     uuencoded,
     zip_of,
@@ -165,6 +166,28 @@ def test_not_looking_into_archives_misses_the_inner_exe() -> None:
     data = zip_of({"setup.exe": minimal_pe()})
     v = run(one("docs.zip", data), settings(look_into_archives=False))
     assert v.action is Action.ACCEPT
+
+
+def test_stored_exe_in_a_rar_is_read_and_rejected() -> None:
+    v = run(one("photos.rar", rar4({"holiday.jpg": minimal_pe()})))
+    assert v.action is Action.REJECT
+    assert v.reply is not None and "holiday.jpg" in v.reply.text
+
+
+def test_compressed_rar_member_is_judged_by_name_and_the_rar_is_opaque() -> None:
+    data = rar4({"invoice.pdf.exe": b"\x00" * 64, "note.txt": b"\x01" * 8}, method=0x33)
+    v = run(one("invoice.rar", data))
+    assert v.action is Action.REJECT
+    assert v.reply is not None and "invoice.pdf.exe" in v.reply.text
+    assert set(classes(v)["invoice.rar"]) == {"archives", "opaque_archives"}
+    assert classes(v)["note.txt"] == []
+
+
+def test_encrypted_rar_is_an_encrypted_archive() -> None:
+    data = rar4({"scan.pdf": b"%PDF-1.4"}, encrypted=True)
+    v = run(one("scan.rar", data), settings(classes={"encrypted_archives": "quarantine"}))
+    assert v.action is Action.QUARANTINE
+    assert "encrypted_archives" in classes(v)["scan.rar"]
 
 
 # -- documents -----------------------------------------------------------------
