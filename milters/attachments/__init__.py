@@ -1,7 +1,8 @@
 """The attachments milter: dangerous files found by content, inside archives too.
 
 For each message the engine walks the MIME tree (`walk`), types every file
-by its bytes (`filetype`), looks into zip/tar/gzip/bzip2/xz archives to
+by its bytes (`filetype`), looks into zip/tar/gzip/bzip2/xz/rar archives
+and TNEF winmail.dat files (`tnef`) to
 `limits.archive_depth` (`archives`), puts each file into classes
 (`classes`: executables, archives, macro_documents, encrypted_archives,
 double_extensions, custom, ...) and, when enabled, has clamd scan it
@@ -34,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from milters.attachments import clamd
-from milters.attachments.archives import ArchiveLimits, Listing, list_archive
+from milters.attachments.archives import ArchiveLimits, Listing, Member, list_archive
 from milters.attachments.classes import Hit, classify
 from milters.attachments.filetype import READABLE_ARCHIVES, FileType, detect, sniff
 from milters.attachments.strip import (
@@ -44,6 +45,7 @@ from milters.attachments.strip import (
     whole_body_edits,
     whole_body_notice,
 )
+from milters.attachments.tnef import read_tnef
 from milters.attachments.walk import Part, Span, Walker, WalkLimits
 from milters.context import MessageContext, ServiceContext
 from milters.engine import MilterSpec, Needs
@@ -221,7 +223,7 @@ class AttachmentsEngine:
             if top and self.part_scan and self._clamd(data, report, path, scan, ctx):
                 return True
             top = False
-            if listing is None or listing.container != "archive":
+            if listing is None or listing.container not in ("archive", "tnef"):
                 continue
             report.members = len(listing.names)
             if not listing.members:
@@ -240,6 +242,8 @@ class AttachmentsEngine:
     def _listing(self, data: bytes, ftype: FileType, name: str, scan: _Scan) -> Listing | None:
         # A zip is always opened far enough to tell a docx from a docm from an
         # archive; other archives only when looking into archives is on.
+        if ftype.kind == "tnef":
+            return self._tnef(data, name, scan)
         if ftype.kind not in READABLE_ARCHIVES:
             return None
         if ftype.kind != "zip" and not self.settings.look_into_archives:
@@ -250,6 +254,22 @@ class AttachmentsEngine:
             walker.hit(limit, name, detail)
         if not self.settings.look_into_archives:
             listing.members = [m for m in listing.members if m.encrypted]
+        return listing
+
+    def _tnef(self, data: bytes, name: str, scan: _Scan) -> Listing:
+        """winmail.dat: its attachments become members, like an archive's."""
+        lim = self.archive_limits
+        walker = scan.walker
+        contents = read_tnef(data, lim.max_members, min(lim.max_member_size, walker.remaining()))
+        listing = Listing("tnef", container="tnef")
+        if contents.too_many:
+            walker.hit("max_archive_members", name, f"more than {lim.max_members} attachments")
+        for att in contents.attachments:
+            if att.truncated:
+                walker.hit("max_member_size", f"{name}/{att.name}", f"{att.size} bytes")
+            walker.used(len(att.data))
+            listing.names.append(att.name)
+            listing.members.append(Member(att.name, att.data, att.size, truncated=att.truncated))
         return listing
 
     def _clamd(

@@ -37,6 +37,7 @@ from tests.fixtures.attachments import (
     ole_doc_with_macros,
     rar4,
     tar_gz,
+    tnef,
     uuencoded,
     zip_of,
 )
@@ -188,6 +189,16 @@ def test_encrypted_rar_is_an_encrypted_archive() -> None:
     v = run(one("scan.rar", data), settings(classes={"encrypted_archives": "quarantine"}))
     assert v.action is Action.QUARANTINE
     assert "encrypted_archives" in classes(v)["scan.rar"]
+
+
+def test_exe_inside_winmail_dat_is_found() -> None:
+    data = tnef({"notes.txt": b"hello", "tool.exe": minimal_pe()})
+    v = run(one("winmail.dat", data, ctype="application/ms-tnef"))
+    assert v.action is Action.REJECT
+    assert v.reply is not None and "tool.exe" in v.reply.text
+    files = {f["name"]: f for f in v.details["files"]}  # type: ignore[attr-defined]
+    assert files["winmail.dat"]["type"] == "application/vnd.ms-tnef"
+    assert files["notes.txt"]["inside"] == "winmail.dat"
 
 
 # -- documents -----------------------------------------------------------------
