@@ -91,6 +91,27 @@ def test_elf_without_extension_is_an_executable() -> None:
     assert classes(v)["tool"] == ["executables"]
 
 
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"\xcf\xfa\xed\xfe\x07\x00\x00\x01" + b"\x00" * 64, "macho"),
+        (b"\xca\xfe\xba\xbe\x00\x00\x00\x34" + b"\x00" * 64, "java-class"),
+        (b"dex\n035\x00" + b"\x00" * 64, "dex"),
+        (b"L\x00\x00\x00\x01\x14\x02\x00" + b"\x00" * 64, "lnk"),
+        (
+            zip_of({"META-INF/MANIFEST.MF": b"Manifest-Version: 1.0\n", "a/B.class": b"\xca\xfe"}),
+            "jar",
+        ),
+        (zip_of({"AndroidManifest.xml": b"\x03\x00", "classes.dex": b"dex\n035\x00"}), "apk"),
+    ],
+)
+def test_other_programs_are_executables_by_content(data: bytes, kind: str) -> None:
+    v = run(one("harmless.dat", data))
+    assert v.action is Action.REJECT
+    assert "executables" in classes(v)["harmless.dat"]
+    assert kind in str(v.details["findings"])
+
+
 def test_script_without_magic_is_an_executable_by_extension() -> None:
     v = run(one("invoice.js", b"var x = new ActiveXObject('WScript.Shell');\r\n"))
     assert v.action is Action.REJECT
