@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from milters.attachments import clamd
 from milters.attachments.archives import ArchiveLimits, Listing, Member, list_archive
@@ -128,17 +128,10 @@ class _Scan:
 
 class AttachmentsEngine:
     name = "attachments"
-    needs = Needs(
-        headers=True,
-        body=True,
-        add_headers=True,
-        change_headers=True,
-        change_body=True,
-        quarantine=True,
-    )
 
     def __init__(self, settings: AttachmentsMilterSettings) -> None:
         self.settings = settings
+        self.needs = needs_for(settings)
         lim = settings.limits
         self.walk_limits = WalkLimits(
             lim.max_parts, lim.max_depth, int(lim.max_decoded_size), int(lim.max_total_size)
@@ -388,6 +381,31 @@ class AttachmentsEngine:
                 "allowed": allowed,
             },
         )
+
+
+def needs_for(settings: AttachmentsMilterSettings) -> Needs:
+    """Ask Postfix only for the modifications the configured actions use.
+
+    Negotiating body replacement (SMFIF_CHGBODY) when no class strips was
+    measured to cost about a third of Postfix's throughput on small messages
+    with a header added (bench/attachments.py: 0.92 of Postfix alone without
+    it, 0.6 with it). Flags are negotiated when the milter starts: a reload
+    that newly configures `strip` or `quarantine` needs a restart.
+    """
+    actions = {getattr(settings.classes, f.name) for f in fields(settings.classes)}
+    actions.add(settings.limits.action)
+    if settings.clamav.enabled:
+        actions.add(settings.clamav.action)
+    strip = ClassAction.STRIP in actions
+    return Needs(
+        headers=True,
+        body=True,
+        add_headers=True,
+        change_headers=strip,
+        change_body=strip,
+        # A strip of a body cut at max_body_size becomes a quarantine.
+        quarantine=strip or ClassAction.QUARANTINE in actions,
+    )
 
 
 def _stripped(msg: Message, findings: list[Finding]) -> tuple[bytes, tuple[HeaderEdit, ...]]:

@@ -538,3 +538,12 @@ def test_multipart_without_its_delimiter_is_still_examined() -> None:
     v = run(raw)
     assert v.action is Action.REJECT
     assert v.reply is not None and "x.exe" in v.reply.text
+
+
+def test_only_the_configured_actions_are_negotiated_with_postfix() -> None:
+    shipped = AttachmentsEngine(Settings().milters.attachments).needs
+    assert (shipped.change_body, shipped.change_headers, shipped.quarantine) == (False, False, True)
+    stripping = AttachmentsEngine(settings(classes={"macro_documents": "strip"})).needs
+    assert stripping.change_body and stripping.change_headers and stripping.quarantine
+    rejecting = AttachmentsEngine(settings(limits={"action": "reject"})).needs
+    assert not (rejecting.change_body or rejecting.quarantine)
