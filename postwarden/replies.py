@@ -71,6 +71,9 @@ SPF_TEMPERROR = Reply(451, "4.4.3", "SPF temporary error, please try again later
 SPF_PERMERROR = Reply(550, "5.7.24", "SPF validation error")
 SPF_FAIL_DEFER = Reply(450, "4.7.23", "SPF validation failed, please try again later")
 SPF_PERMERROR_DEFER = Reply(451, "4.7.24", "SPF validation error, please try again later")
+# DMARC (RFC 7489 section 6.6.3): "5.7.1" as OpenDMARC rejects; the text
+# names the policy so the sender's admin knows what to fix.
+DMARC_REJECT = Reply(550, "5.7.1", "Email rejected per DMARC policy")
 # Greylisting: 4.7.1 "delivery not authorized" temporary, as postgrey answers.
 GREYLISTED = Reply(450, "4.7.1", "Greylisted, please try again later")
 # Rate limits.
