@@ -307,7 +307,9 @@ class PolicyServer:
                 conn.reading_since = None
             elif answered or conn.reading_since is None:
                 conn.reading_since = now  # the partial request's first byte came in this read
-            if answered:
+            if answered and writer.transport.get_write_buffer_size():
+                # Usually the reply is already flushed and this is skipped: a
+                # wait_for per request would cost a task each (measured).
                 try:
                     await asyncio.wait_for(writer.drain(), float(p.request_timeout))
                 except TimeoutError:
