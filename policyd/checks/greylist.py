@@ -46,13 +46,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from policyd.decision import Decision, Verb
 from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
 from policyd.protocol import IPAddress, PolicyRequest
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.files import read_file
 from postwarden.config.schema import Settings
 from postwarden.config.sections.greylist import (
     ClientPattern,
@@ -295,7 +295,7 @@ def _read_file(
     path: str, key: str, parse: Callable[[str], P], problems: list[ConfigProblem]
 ) -> list[P]:
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        text = read_file(path).decode("utf-8", errors="replace")
     except OSError as exc:
         problems.append(ConfigProblem(path, 0, key, f"cannot read: {exc.strerror}"))
         return []

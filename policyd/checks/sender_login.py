@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from policyd.decision import Decision, Verb
 from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.files import read_file
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import SenderLoginSettings
 from postwarden.replies import SENDER_LOGIN_MISMATCH
@@ -63,7 +63,7 @@ def parse_map_file(path: str, problems: list[ConfigProblem]) -> dict[str, list[s
     """Read `login addr, @domain ...` lines; a bad line is skipped with a warning."""
     out: dict[str, list[str]] = {}
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_file(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(ConfigProblem(path, 0, KEY, f"cannot read: {exc}"))
         return out
