@@ -12,6 +12,7 @@ Counters for `postwarden stat` are flushed to Redis every few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ import time
 from milters import adapter, registry
 from milters.context import ServiceContext
 from milters.pipeline import Runner, Stage
-from postwarden import metrics, sdnotify
+from postwarden import metrics, sdnotify, socketfile
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
 from postwarden.errors import StoreUnavailable
@@ -111,6 +112,10 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
         _wait_for_socket(sock.path if sock.kind == "unix" else "", stop)
     finally:
         os.umask(old_umask)
+    own = None
+    if sock.kind == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            own = socketfile.identity(sock.path)
     if sock.kind == "inet":
         _set_nodelay(sock.port)
     log.info("milter %s listening on %s", name, sock)
@@ -129,10 +134,7 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
     # runs on the side; removing the socket turns new connections away now.
     threading.Thread(target=adapter.stop, name="libmilter-stop", daemon=True).start()
     if sock.kind == "unix":
-        try:
-            os.unlink(sock.path)
-        except FileNotFoundError:
-            pass
+        socketfile.remove_own(sock.path, own)  # not a newer instance's socket
     # Let open sessions finish (bounded), then leave without waiting for
     # libmilter's own teardown.
     if not slot.drained.wait(STOP_DEADLINE):

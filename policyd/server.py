@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from policyd.decision import DUNNO, Decision, Verb
 from policyd.pipeline import BuiltCheck, CheckContext, evaluate
 from policyd.protocol import ParseError, PolicyRequest, RequestParser, format_action
-from postwarden import logs, metrics
+from postwarden import logs, metrics, socketfile
 from postwarden.config.schema import OnError, Settings
 from postwarden.errors import ResolverUnavailable, StoreUnavailable
 from postwarden.replies import SERVICE_UNAVAILABLE
@@ -96,7 +96,7 @@ class PolicyServer:
         # Admitted connections in admission order; waiters for a free slot.
         self._active: dict[_Connection, None] = {}
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._socket_id: tuple[int, int] | None = None
+        self._socket_id: socketfile.Identity | None = None
 
     @property
     def settings(self) -> Settings:
@@ -115,7 +115,7 @@ class PolicyServer:
             )
             # Postfix's smtpd (user postfix) must be able to connect.
             os.chmod(path, 0o666)
-            self._socket_id = socket_identity(path)
+            self._socket_id = socketfile.identity(path)
         else:
             self._server = await asyncio.start_server(
                 self._handle,
@@ -150,8 +150,8 @@ class PolicyServer:
         self._client_errors.flush()
         self._errors.flush()
         sock = self.settings.policyd.socket
-        if sock.kind == "unix" and self._socket_id is not None:
-            remove_own_socket(sock.path, self._socket_id)
+        if sock.kind == "unix":
+            socketfile.remove_own(sock.path, self._socket_id)
 
     def reload(self, settings: Settings, checks: Sequence[BuiltCheck]) -> None:
         if settings.policyd.socket != self.settings.policyd.socket:
@@ -395,24 +395,3 @@ class PolicyServer:
         answer = fallback(self.settings.policyd.on_error)
         self._errors.warning(kind, msg + "; answering with on_error fallback", arg)
         return answer, kind
-
-
-def socket_identity(path: str) -> tuple[int, int]:
-    """(device, inode) of the socket file we bound, to recognise it later."""
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
-def remove_own_socket(path: str, identity: tuple[int, int]) -> bool:
-    """Unlink `path` only if it is still the socket we bound: a newer instance
-    may have replaced it, and deleting its socket would cut Postfix off."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    if (st.st_dev, st.st_ino) != identity:
-        log.info("%s now belongs to another process; leaving it in place", path)
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    return True

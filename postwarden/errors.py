@@ -25,3 +25,7 @@ class ResolverUnavailable(PostwardenError):
 
 class EmbeddedRedisError(PostwardenError):
     """The private redis-server could not be started."""
+
+
+class AlreadyRunning(PostwardenError):
+    """Another `postwarden run` holds the lock file of the same state_dir."""

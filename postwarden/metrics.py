@@ -10,9 +10,12 @@ supervisor serves the merged view on `metrics.listen`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 POLICY_REQUESTS = Counter(
     "postwarden_policyd_requests_total", "Policy requests answered, by action verb", ["action"]
@@ -42,13 +45,36 @@ MILTER_ERRORS = Counter(
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def serve(listen: str) -> None:
+class RestartsCollector:
+    """`postwarden_supervisor_restarts_total{service}`: children and the
+    embedded Redis restarted by `postwarden run`. The supervisor counts in
+    its own memory (it is not one of the multiprocess writers), so this
+    collector reads its counts at scrape time. Labels: "redis", "policyd" or
+    a milter's name."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "postwarden_supervisor_restarts",
+            "Services restarted by the supervisor after they died, by service",
+            labels=["service"],
+        )
+        for service, count in sorted(self._counts().items()):
+            family.add_metric([service], count)
+        yield family
+
+
+def serve(listen: str, collectors: Sequence[Collector] = ()) -> None:
     """Serve /metrics on host:port (merged over processes when multiprocess)."""
     host, _, port = listen.rpartition(":")
     registry = None
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in collectors:
+            registry.register(collector)
     if registry is None:
         start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
     else:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from postwarden import logs
+from postwarden import logs, parentdeath
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
 from postwarden.config import ConfigError
 from postwarden.errors import PostwardenError
@@ -19,6 +19,7 @@ def milter(config_file: str | None, name: str) -> None:
     """Run the milter NAME in the foreground (see `postwarden milter --help`)."""
     from milters import registry, service
 
+    parentdeath.follow_supervisor()
     path, settings = load_or_exit(config_file)
     logs.setup(settings.log.level.value, settings.log.format.value)
     if name not in registry.specs():
@@ -41,6 +42,7 @@ def policyd(config_file: str | None) -> None:
     """Run the policy daemon in the foreground."""
     from policyd import service
 
+    parentdeath.follow_supervisor()
     path, settings = load_or_exit(config_file)
     logs.setup(settings.log.level.value, settings.log.format.value)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import json
 import os
 import types
 import typing
@@ -68,6 +69,23 @@ def read_config_text(path: str) -> str:
 
 
 def load_config_text(text: str, filename: str = "<string>") -> Settings:
+    return _load(text, filename)[0]
+
+
+def load_pinned(text: str, filename: str) -> tuple[Settings, str]:
+    """Settings from `text` (read from `filename`), and the same text with
+    every relative file path written out absolute, so that a copy kept in
+    another directory (the supervisor's `running.yaml`) loads to the same
+    settings, line for line."""
+    settings, walker = _load(text, filename)
+    pinned = text
+    for start, end, absolute in sorted(walker.relative_paths, reverse=True):
+        # A double-quoted JSON string is a valid YAML scalar in any context.
+        pinned = pinned[:start] + json.dumps(absolute) + pinned[end:]
+    return settings, pinned
+
+
+def _load(text: str, filename: str) -> tuple[Settings, _Walker]:
     try:
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
@@ -82,7 +100,7 @@ def load_config_text(text: str, filename: str = "<string>") -> Settings:
         settings = walker.build(Settings, node, "")
     if walker.problems:
         raise ConfigError(walker.problems)
-    return settings
+    return settings, walker
 
 
 class _Invalid(Exception):
@@ -94,6 +112,9 @@ class _Walker:
         self.filename = filename
         self.base = Path(filename).resolve().parent if filename != "<string>" else Path.cwd()
         self.problems: list[ConfigProblem] = []
+        # (start, end) character offsets of relative file paths, and the
+        # absolute path each one names (for load_pinned).
+        self.relative_paths: list[tuple[int, int, str]] = []
 
     def report(self, node: yaml.Node, key: str, message: str) -> None:
         self.problems.append(ConfigProblem(self.filename, node.start_mark.line + 1, key, message))
@@ -215,7 +236,10 @@ class _Walker:
         if tp is RedisUrl:
             return self.scalar(RedisUrl.parse, node, key)
         if tp is FilePath:
-            return self.scalar(lambda v: FilePath.parse(self.resolve(v)), node, key)
+            path = self.scalar(lambda v: FilePath.parse(self.resolve(v)), node, key)
+            if isinstance(node.value, str) and not os.path.isabs(node.value):
+                self.relative_paths.append((node.start_mark.index, node.end_mark.index, path))
+            return path
         if tp is str:
             return self.scalar(_str, node, key)
         if tp is typing.Any:

@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from postwarden import parentdeath
 from postwarden.errors import EmbeddedRedisError
 
 INSTALL_HINT = "install it with: apt-get install redis-server"
@@ -82,7 +83,8 @@ class EmbeddedRedis:
             "300 1 60 1000" if self.persist else "",
         ]
         self.process = subprocess.Popen(
-            args,
+            # It stops when its owner dies, however it dies (parentdeath.py).
+            parentdeath.command(os.getpid(), args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
