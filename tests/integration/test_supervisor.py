@@ -89,6 +89,19 @@ def gone(pid: int) -> Callable[[], bool]:
     return lambda: not os.path.exists(f"/proc/{pid}")
 
 
+def exited(pid: int) -> Callable[[], bool]:
+    """True once `pid` has exited; an orphan's reaping is init's business."""
+
+    def check() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+    return check
+
+
 def start_run(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -324,7 +337,7 @@ def test_children_of_a_killed_supervisor_exit_and_a_new_run_starts_clean(
 
     # Then every child it started exits by itself (parent-death signal)
     for name, pid in kids.items():
-        wait_until(gone(pid), f"orphaned {name} (pid {pid}) gone")
+        wait_until(exited(pid), f"orphaned {name} (pid {pid}) gone")
 
     # and a new `run` for the same state_dir starts and serves
     again = start_run(cfg, tmp_path / "run2.log")
