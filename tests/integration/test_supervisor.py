@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from postwarden.store.embedded import answers, socket_path
 from tests.conftest import REPO
@@ -214,6 +217,21 @@ def greylist_answer(path: str, recipient: str) -> bytes:
     return data
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
 def stat_json(cfg: Path) -> dict[str, int]:
     out = subprocess.run(
         [sys.executable, "-m", "postwarden", "stat", "--json", "-c", str(cfg)],
@@ -233,8 +251,11 @@ def test_embedded_redis_killed_is_restarted_and_greylisting_works_again(
 ) -> None:
     # Given `postwarden run` with greylisting on its embedded Redis
     cfg = tmp_path / "pw.yaml"
+    port = free_port()
     cfg.write_text(
-        CONFIG.format(tmp=tmp_path, word="first") + "  greylist: {enabled: true, delay: 1h}\n"
+        CONFIG.format(tmp=tmp_path, word="first")
+        + "  greylist: {enabled: true, delay: 1h}\n"
+        + f'metrics: {{enabled: true, listen: "127.0.0.1:{port}"}}\n'
     )
     log_path = tmp_path / "run.log"
     proc = start_run(cfg, log_path)
@@ -267,6 +288,17 @@ def test_embedded_redis_killed_is_restarted_and_greylisting_works_again(
         assert after["redis"] != redis_pid
         # and the restart is counted where an admin looks
         assert stat_json(cfg)["supervisor.restarts.redis"] == 1
+        restarts = ("postwarden_supervisor_restarts_total", (("service", "redis"),))
+        assert scrape(port)[restarts] == 1.0
+        status = subprocess.run(
+            [sys.executable, "-m", "postwarden", "stat", "-c", str(cfg)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert re.search(r"^  redis +pid \d+ +restarts 1$", status, re.MULTILINE), status
     finally:
         stop_run(proc)
 
