@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 
-from postwarden.errors import AlreadyRunning
+from postwarden.errors import AlreadyRunning, PostwardenError
 
 LOCK_NAME = "postwarden.pid"
 
@@ -25,8 +25,11 @@ class PidLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise PostwardenError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

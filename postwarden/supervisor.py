@@ -49,7 +49,7 @@ from typing import Any
 from postwarden import metrics, parentdeath, sdnotify
 from postwarden.config import ConfigError, Settings
 from postwarden.config.load import ENV_VAR, load_pinned, read_config_text
-from postwarden.errors import EmbeddedRedisError
+from postwarden.errors import EmbeddedRedisError, PostwardenError
 from postwarden.pidlock import PidLock
 from postwarden.store.embedded import EmbeddedRedis, answers, socket_path
 
@@ -143,7 +143,10 @@ class Supervisor:
         s = self.settings
         text = self.config_text if self.config_text is not None else self._read_user_config()
         self.settings, pinned = load_pinned(text, self.config_path)
-        _write_private(self.running_config, pinned)
+        try:
+            _write_private(self.running_config, pinned)
+        except OSError as exc:
+            raise PostwardenError(f"cannot write {self.running_config}: {exc.strerror}") from None
         s = self.settings
         if s.redis.url is None and s.redis.sentinel is None:
             self._start_embedded_redis()
@@ -309,7 +312,11 @@ class Supervisor:
             )
             return None
         candidate = os.path.join(self.state_dir, CANDIDATE_CONFIG)
-        _write_private(candidate, pinned)
+        try:
+            _write_private(candidate, pinned)
+        except OSError as exc:
+            log.error("reload refused: cannot write %s: %s", candidate, exc.strerror)
+            return None
         try:
             check = subprocess.run(
                 [sys.executable, "-m", "postwarden", "config", "check", "-c", candidate],
@@ -336,7 +343,11 @@ class Supervisor:
         if validated is None:
             return
         new, pinned = validated
-        _write_private(self.running_config, pinned)
+        try:
+            _write_private(self.running_config, pinned)
+        except OSError as exc:
+            log.error("reload refused: cannot write %s: %s", self.running_config, exc.strerror)
+            return
         self.settings = new
         wanted = set(self.enabled_services(new))
         for service in list(self.children):
