@@ -29,7 +29,8 @@ class PidLock:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise PostwardenError(f"cannot open the lock file {self.path}: {exc.strerror}") from None
+            why = exc.strerror
+            raise PostwardenError(f"cannot open the lock file {self.path}: {why}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
