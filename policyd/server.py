@@ -66,7 +66,6 @@ class _Connection:
     last_active: float  # loop time of the last byte read or reply written
     reading_since: float | None = None  # first byte of a partial request
     deciding: bool = False
-    evicted: bool = False
 
     @property
     def idle(self) -> bool:
@@ -229,7 +228,6 @@ class PolicyServer:
                 return False
             victim = min(partial, key=lambda c: c.reading_since or 0.0)
             kind = "stalled"
-        victim.evicted = True
         self._active.pop(victim, None)
         victim.task.cancel()
         metrics.POLICY_ERRORS.labels(f"evicted_{kind}").inc()
