@@ -22,7 +22,9 @@ POLICY_REQUESTS = Counter(
 )
 POLICY_ERRORS = Counter(
     "postwarden_policyd_errors_total",
-    "Policy requests answered with the on_error fallback or refused, by cause",
+    "Policy requests answered with the on_error fallback or refused, and connections"
+    " closed by admission (evicted_idle, evicted_stalled, refused) or a deadline"
+    " (slow_client), by cause",
     ["kind"],
 )
 POLICY_LATENCY = Histogram(
