@@ -48,6 +48,8 @@ from postwarden.replies import SERVICE_UNAVAILABLE
 log = logging.getLogger("postwarden.policyd")
 
 READ_CHUNK = 65536
+# Pipelined requests answered from one read before the loop serves others.
+YIELD_EVERY = 32
 
 
 def fallback(on_error: OnError) -> Decision:
@@ -291,13 +293,17 @@ class PolicyServer:
             conn.deciding = True
             self._busy(+1)
             try:
-                for item in parser.feed(data):
+                for n, item in enumerate(parser.feed(data), 1):
                     answered = True
                     if isinstance(item, ParseError):
                         answer = self._refuse(item)
                     else:
                         answer = await self._decide(item)
                     writer.write(format_action(answer.action_line()))
+                    if n % YIELD_EVERY == 0:
+                        # One read can hold thousands of tiny (or empty)
+                        # requests; let the other connections have a turn.
+                        await asyncio.sleep(0)
             finally:
                 self._busy(-1)
                 conn.deciding = False
