@@ -106,6 +106,8 @@ class SocketAddress:
                 raise ValueError(f"port must be a number, got {port_text!r}") from None
             if not 0 < port < 65536:
                 raise ValueError(f"port must be 1-65535, got {port}")
+            if host and not valid_host(host):
+                raise ValueError(f"not an IP address or host name: {host!r}")
             return cls("inet", host=host, port=port)
         raise ValueError(f'unknown socket type {scheme!r}: use "unix:/path" or "inet:host:port"')
 
@@ -136,6 +138,21 @@ def _split_host_port(text: str) -> tuple[str, str]:
         raise ValueError(f'write IPv6 hosts in brackets, e.g. "inet:[::1]:9901", got {text!r}')
     host, _, port = text.rpartition(":")
     return host, port
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def valid_host(host: str) -> bool:
+    """An IP address, or a host name by RFC 1123 2.1 (letters, digits and
+    hyphens in dot-separated labels of at most 63 characters)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -198,6 +215,8 @@ class RedisUrl(str):
             return cls(value)
         if not parsed.hostname:
             raise ValueError(f"{shown!r}: no host")
+        if not valid_host(parsed.hostname):
+            raise ValueError(f"{shown!r}: not an IP address or host name: {parsed.hostname!r}")
         if port == 0:
             raise ValueError(f"{shown!r}: port must be 1-65535")
         db = parsed.path.strip("/")

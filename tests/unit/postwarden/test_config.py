@@ -226,6 +226,7 @@ def test_services_reading_a_named_file_refuse_a_fifo_and_an_oversized_file(
         ("redis://:x@127.0.0.1:notaport/0", "Port could not be cast to integer"),
         ("redis://:x@127.0.0.1:70000/0", "Port out of range"),
         ("redis://h:6379/zero", "the path must be a database number, got 'zero'"),
+        ("redis://:x@bad_host!:6379/0", "not an IP address or host name: 'bad_host!'"),
         ("redis://h:6379/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
         ("unix://", "unix:// needs an absolute socket path"),
         ("http://h", "must start with redis://, rediss:// or unix://"),
@@ -245,6 +246,12 @@ def test_a_redis_password_never_shows_in_settings_or_problems() -> None:
     [problem] = problems('redis: {url: "redis://:hunter2@127.0.0.1:port/0"}')
     assert "hunter2" not in problem
     assert mask_url("redis://user:pw@h/0?password=pw2") == "redis://user:***@h/0?password=***"
+
+
+def test_an_inet_socket_needs_an_address_or_host_name() -> None:
+    [problem] = problems('policyd: {socket: "inet:local host:9904"}')
+    assert "policyd.socket: not an IP address or host name: 'local host'" in problem
+    assert SocketAddress.parse("inet:mx-1.example.org:9904").host == "mx-1.example.org"
 
 
 def test_metrics_listen_needs_a_port() -> None:
