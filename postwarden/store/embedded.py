@@ -19,6 +19,8 @@ from postwarden import parentdeath
 from postwarden.errors import EmbeddedRedisError
 
 INSTALL_HINT = "install it with: apt-get install redis-server"
+# How long a new server waits for a previous one that is still shutting down.
+PREVIOUS_STOP_WAIT = 60.0
 
 
 def socket_path(state_dir: str | os.PathLike[str]) -> str:
@@ -47,10 +49,11 @@ class EmbeddedRedis:
     def __init__(self, state_dir: str | os.PathLike[str], *, persist: bool = True) -> None:
         self.dir = Path(state_dir) / "redis"
         self.socket = socket_path(state_dir)
+        self.pidfile = self.dir / "redis.pid"
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> str:
+    def start(self, timeout: float = 10.0, previous_wait: float = PREVIOUS_STOP_WAIT) -> str:
         binary = shutil.which("redis-server")
         if binary is None:
             raise EmbeddedRedisError(f"redis-server not found on PATH; {INSTALL_HINT}")
@@ -60,6 +63,7 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(f"cannot create {self.dir}: {exc.strerror}") from None
         if answers(self.socket):
             raise EmbeddedRedisError(f"a Redis already answers on {self.socket}")
+        self._wait_for_previous(previous_wait)
         if os.path.exists(self.socket):
             os.unlink(self.socket)
         log = self.dir / "redis.log"
@@ -77,6 +81,8 @@ class EmbeddedRedis:
             "no",
             "--logfile",
             str(log),
+            "--pidfile",
+            str(self.pidfile),
             "--appendonly",
             "no",
             "--save",
@@ -105,6 +111,28 @@ class EmbeddedRedis:
             time.sleep(0.02)
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {timeout}s")
+
+    def previous_pid(self) -> int | None:
+        """The pid of a redis-server that ran here and has not exited yet."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"redis-server" in cmdline else None  # a zombie's is empty
+
+    def _wait_for_previous(self, timeout: float) -> None:
+        """A redis-server still stopping (an orphan's, saving its snapshot)
+        unlinks the socket path when it exits, whoever has bound it since:
+        start only once it is gone."""
+        deadline = time.monotonic() + timeout
+        while (pid := self.previous_pid()) is not None:
+            if time.monotonic() >= deadline:
+                raise EmbeddedRedisError(
+                    f"a redis-server from a previous run (pid {pid}) is still running in"
+                    f" {self.dir}; stop it first"
+                )
+            time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None

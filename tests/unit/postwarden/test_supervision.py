@@ -13,9 +13,10 @@ import pytest
 
 from postwarden.config import load_config_text
 from postwarden.config.load import load_pinned
-from postwarden.errors import AlreadyRunning
+from postwarden.errors import AlreadyRunning, EmbeddedRedisError
 from postwarden.pidlock import PidLock
 from postwarden.socketfile import identity, remove_own
+from postwarden.store.embedded import EmbeddedRedis
 from tests.conftest import REPO
 
 
@@ -163,3 +164,25 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except FileNotFoundError:
         return ""
+
+
+def test_embedded_redis_waits_for_a_previous_server_still_stopping(tmp_path: Path) -> None:
+    # A process named redis-server, recorded in the pidfile, stands in for an
+    # orphan still saving its snapshot: it would unlink our socket on exit.
+    (tmp_path / "redis").mkdir()
+    previous = subprocess.Popen(["bash", "-c", "exec -a redis-server sleep 600"])
+    try:
+        server = EmbeddedRedis(tmp_path, persist=False)
+        server.pidfile.write_text(f"{previous.pid}\n")
+        wait_for(lambda: "redis-server" in _cmdline(previous.pid), "the stand-in's name")
+        with pytest.raises(EmbeddedRedisError, match=f"previous run \\(pid {previous.pid}\\)"):
+            server.start(previous_wait=0.2)
+    finally:
+        previous.kill()
+        previous.wait(30)
+    server.start()
+    try:
+        assert server.process is not None
+        assert server.previous_pid() == server.process.pid
+    finally:
+        server.stop()
