@@ -140,8 +140,9 @@ class Supervisor:
             lock.release()
 
     def _run(self) -> int:
-        s = self.settings
-        text = self.config_text if self.config_text is not None else self._read_user_config()
+        text = self.config_text
+        if text is None:
+            text = read_config_text(self.config_path)
         self.settings, pinned = load_pinned(text, self.config_path)
         try:
             _write_private(self.running_config, pinned)
@@ -179,9 +180,6 @@ class Supervisor:
                 self.redis.stop()
             self.write_status(stopped=True)
         return 0
-
-    def _read_user_config(self) -> str:
-        return read_config_text(self.config_path)
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self._stop = True
