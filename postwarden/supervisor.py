@@ -59,7 +59,7 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0
 STOP_DEADLINE = 30.0
-CHECK_TIMEOUT = 120.0
+CHECK_DEADLINE = 120.0  # `config check` on reload compiles every rule table
 ORPHAN_REDIS_WAIT = 15.0
 
 RUNNING_CONFIG = "running.yaml"
@@ -321,11 +321,11 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
-                timeout=CHECK_TIMEOUT,
+                timeout=CHECK_DEADLINE,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            log.error("reload refused: config check did not finish in %.0fs", CHECK_TIMEOUT)
+            log.error("reload refused: config check did not finish in %.0fs", CHECK_DEADLINE)
             return None
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -22,6 +22,7 @@ COMMANDS = [
     "postwarden.cli.postfix_config:postfix_config",
     "postwarden.cli.ratelimit:ratelimit",
     "postwarden.cli.greylist:greylist",
+    "postwarden.cli.dkim:dkim",
 ]
 
 

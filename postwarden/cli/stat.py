@@ -9,8 +9,7 @@ import click
 
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.errors import StoreUnavailable
-from postwarden.store import embedded
-from postwarden.store.client import open_store, unavailable_on_error
+from postwarden.store.client import open_configured_store, unavailable_on_error
 from postwarden.supervisor import read_status
 
 
@@ -24,10 +23,7 @@ def stat(config_file: str | None, as_json: bool) -> None:
     if not as_json:
         for line in supervisor_lines(settings.state_dir):
             click.echo(line)
-    socket_path = None
-    if settings.redis.url is None and settings.redis.sentinel is None:
-        socket_path = embedded.socket_path(settings.state_dir)
-    store = open_store(settings.redis, socket_path)
+    store = open_configured_store(settings)
     prefix = store.keys.stat("")
     try:
         with unavailable_on_error():
@@ -43,7 +39,6 @@ def stat(config_file: str | None, as_json: bool) -> None:
     }
     if as_json:
         counters.update(supervised)
-    if as_json:
         click.echo(json.dumps(counters, sort_keys=True))
         return
     if not counters:

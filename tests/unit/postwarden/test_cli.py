@@ -126,11 +126,12 @@ def test_postfix_config_prints_chroot_relative_sockets(tmp_path: Path) -> None:
     cfg = write(tmp_path, "milters:\n  attachments: {enabled: false}\n  noop: {enabled: true}\n")
     result = CliRunner().invoke(main, ["postfix-config", "-c", cfg])
     assert result.exit_code == 0
-    assert "smtpd_milters = unix:/postwarden/headers.sock unix:/postwarden/noop.sock\n" in (
-        result.output
-    )
+    assert (
+        "smtpd_milters = unix:/postwarden/headers.sock unix:/postwarden/dkim.sock"
+        " unix:/postwarden/noop.sock\n"
+    ) in result.output
     # Milters this version does not ship are never pointed at.
-    assert "left out: dkim, spam" in result.output
+    assert "left out: spam" in result.output
     assert "check_policy_service { unix:private/postwarden-policy, default_action=DUNNO }" in (
         result.output
     )
