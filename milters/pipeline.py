@@ -38,6 +38,9 @@ from postwarden.replies import BUDGET_EXCEEDED, SERVICE_UNAVAILABLE
 log = logging.getLogger("postwarden.milter")
 
 WARN_HEADER = "X-Postwarden-Warn"
+# After the deadline, how long a cooperative engine gets to raise
+# BudgetExceeded itself, so the log names the slow step (a rule, a zone).
+NAMING_GRACE = 0.05
 # Worker threads per milter process; more than libmilter's concurrent sessions
 # would only queue. Abandoned (overrun) evaluations hold a worker until their
 # next budget check, so the pool also bounds what a slow message can take.
@@ -108,7 +111,7 @@ class Runner:
         except RuntimeError as exc:  # pool shut down (process stopping)
             return self.failed(stage, exc, budget)
         try:
-            verdict = future.result(timeout=budget.remaining())
+            verdict = future.result(timeout=budget.remaining() + NAMING_GRACE)
         except (concurrent.futures.TimeoutError, BudgetExceeded) as exc:
             future.cancel()
             return self._timed_out(stage, exc, budget)
