@@ -34,7 +34,7 @@ and writes X-Spamd-Result with every symbol as `NAME(score){options}`.
 
 from __future__ import annotations
 
-from milters.spam.checks import gtube
+from milters.spam.checks import auth_results, dnsbl, gtube, header_sanity, regex_rules, urls
 from milters.spam.checks.api import (
     Check,
     CheckContext,
@@ -43,7 +43,14 @@ from milters.spam.checks.api import (
     SymbolHit,
 )
 
-CHECKS: tuple[CheckSpec, ...] = (gtube.CHECK,)
+CHECKS: tuple[CheckSpec, ...] = (
+    gtube.CHECK,
+    header_sanity.CHECK,
+    auth_results.CHECK,
+    urls.CHECK,
+    regex_rules.CHECK,
+    dnsbl.CHECK,
+)
 """Every check, in the order they run (local first; network ones after)."""
 
 __all__ = ["CHECKS", "Check", "CheckContext", "CheckSpec", "SymbolDef", "SymbolHit"]

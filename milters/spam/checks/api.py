@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from milters.message import Envelope
 
@@ -58,17 +58,14 @@ class CheckContext:
     facts: dict[str, object] = field(default_factory=dict)
 
 
-class Check(Protocol):
-    """A built check: a callable returning the symbols it found (may be none).
+Check = Callable[["MessageView", "CheckContext"], Iterable[SymbolHit]]
+"""A built check: a callable `(view, ctx) -> Iterable[SymbolHit]` (may yield none).
 
-    It may call `ctx.message.budget.check(where)` between slow steps and may
-    raise StoreUnavailable (the engine records STORE_UNAVAILABLE and goes on);
-    any other exception is a bug: the engine logs it, records CHECK_ERROR
-    and goes on with the other checks.
-    """
-
-    def __call__(self, view: MessageView, ctx: CheckContext) -> Iterable[SymbolHit]: ...
-
+It may call `ctx.message.budget.check(where)` between slow steps and may
+raise StoreUnavailable (the engine records STORE_UNAVAILABLE{check} and goes
+on); any other exception is a bug: the engine logs it, records
+CHECK_ERROR{check} and goes on with the other checks.
+"""
 
 CheckBuilder = Callable[["ServiceContext", "SpamMilterSettings"], "Check | None"]
 
