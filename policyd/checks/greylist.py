@@ -64,7 +64,8 @@ from postwarden.config.sections.greylist import (
     strip_comment,
 )
 from postwarden.config.units import Network
-from postwarden.greylist_triplet import Normaliser, client_network
+from postwarden.greylist_triplet import Normaliser as Normaliser
+from postwarden.greylist_triplet import client_network as client_network
 from postwarden.replies import GREYLISTED
 from postwarden.store.client import AsyncStore
 from postwarden.store.keys import STAT_TTL

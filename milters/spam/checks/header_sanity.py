@@ -22,7 +22,7 @@ from postwarden.config.sections.spam import SpamMilterSettings
 _MSGID = re.compile(r"^<[^<>@\s]+@[^<>@\s]+>$")
 _ENCODED = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _WORDS = re.compile(r"[^\W\d_]{3,}")
-_RCVD_FROM_BY = re.compile(r"(?is)^\s*from\s.+\sby\s")
+_RCVD_TOKENS = re.compile(r"(?i)\b(?:by|from|with|id)\s")
 
 DAY = 86400.0
 FUTURE = 2 * DAY
@@ -44,11 +44,11 @@ SYMBOLS = {
     "FROM_NEQ_ENVFROM": SymbolDef(0.0, "From domain differs from MAIL FROM's"),
     "RCVD_COUNT_ZERO": SymbolDef(0.1, "no Received header"),
     "RCVD_COUNT_HIGH": SymbolDef(1.0, f"more than {MANY_RECEIVED} Received headers"),
-    "FORGED_RECEIVED": SymbolDef(1.0, "a Received header without from ... by ..."),
+    "FORGED_RECEIVED": SymbolDef(0.5, "a Received header with no from/by/with/id"),
     "MIME_HTML_ONLY": SymbolDef(0.2, "HTML with no text alternative"),
     "MIME_PARTS_DIFFER": SymbolDef(1.0, "text and HTML alternatives say different things"),
     "MIME_BAD": SymbolDef(1.0, "broken MIME structure (missing boundary, defects)"),
-    "MISSING_MIME_VERSION": SymbolDef(2.0, "Content-Type without MIME-Version (RFC 2045)"),
+    "MISSING_MIME_VERSION": SymbolDef(0.5, "Content-Type without MIME-Version (RFC 2045)"),
     "INVALID_CHARSET": SymbolDef(1.0, "a text part declares an unknown charset"),
     "SUBJ_ALL_CAPS": SymbolDef(3.0, "Subject in capitals"),
     "SUBJ_NEEDLESS_ENCODING": SymbolDef(1.0, "Subject encodes plain ASCII (RFC 2047)"),
@@ -142,9 +142,9 @@ def header_sanity(view: MessageView, ctx: CheckContext) -> Iterator[SymbolHit]:
         yield SymbolHit("RCVD_COUNT_ZERO")
     elif len(received) > MANY_RECEIVED:
         yield SymbolHit("RCVD_COUNT_HIGH", (str(len(received)),))
-    # The topmost is Postfix's own; a relay's hop without "from ... by" is odd.
-    for value in received[1:]:
-        if not _RCVD_FROM_BY.match(value) and not value.lower().startswith("by "):
+    # RFC 5321 section 4.4: a hop's stamp says from/by/with/id.
+    for value in received:
+        if not _RCVD_TOKENS.search(value):
             yield SymbolHit("FORGED_RECEIVED", (value[:60],))
             break
     yield from _mime(view)
