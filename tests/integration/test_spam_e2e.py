@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,3 +210,66 @@ def test_dnsbl_listed_client_is_rejected_through_postfix(
         clean = send(postfix, "hello", xclient=Xclient(addr="203.0.113.6"))
     assert listed.code("data") == 550
     assert clean.accepted, clean.replies
+
+
+def test_milter_sees_the_received_spf_header_the_policy_daemon_prepends(
+    postfix_factory: PostfixFactory, postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory, sink: SmtpSink,
+) -> None:  # fmt: skip
+    # Given policyd's SPF check (PREPEND Received-SPF at RCPT) and the spam milter
+    zone = {"softfail.example": [("TXT", "v=spf1 ip4:192.0.2.0/24 ~all")]}
+    with DnsServer(zone) as server:
+        config = postwarden_config(
+            milters=("spam",),
+            checks=("spf",),
+            overrides={
+                "trusted_networks": [],
+                "dns": {"nameservers": [server.nameserver], "timeout": "2s"},
+                "policyd": {"spf": {"receiver": "mx.test.invalid", "query_timeout": "1s"}},
+                "milters": {"spam": {"dnsbl": {"enabled": False}}},
+            },
+        )
+        postwarden_service(config, "policyd")
+        postwarden_service(config, "milter", "spam")
+        postfix = postfix_factory(
+            policy_services=[config.socket("policyd")], smtpd_milters=[config.socket("spam")]
+        )
+        data = make_message(subject="spf", mail_from="alice@softfail.example")
+        client = Xclient(addr="198.51.100.7", helo="mail.softfail.example")
+        result = postfix.send("alice@softfail.example", ["bob@example.net"], data, xclient=client)
+    assert result.accepted, result.replies
+    [got] = sink.wait_for(1)
+    # Then the milter saw the header (smtpd's PREPEND reaches milters) and scored it
+    assert got.header("Received-SPF") is not None
+    assert "R_SPF_SOFTFAIL" in (got.header("X-Spamd-Result") or "")
+
+
+def test_milter_sees_authentication_results_an_earlier_milter_added(
+    tmp_path: Path, postfix_factory: PostfixFactory, postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory, sink: SmtpSink,
+) -> None:  # fmt: skip
+    # Given an earlier milter (headers, PREPEND) writing our Authentication-Results,
+    # as the dkim milter does, and the spam milter after it in smtpd_milters
+    table = tmp_path / "header_checks"
+    table.write_text(
+        "/^Subject: signed/ PREPEND Authentication-Results: mx.test.invalid; "
+        "dkim=pass header.d=example.org; dmarc=pass header.from=example.org\n"
+    )
+    config = postwarden_config(
+        milters=("headers", "spam"),
+        overrides={
+            "trusted_networks": [],
+            "milters": {
+                "headers": {"header_checks": [str(table)]},
+                "spam": {"dnsbl": {"enabled": False}, "authserv_id": "mx.test.invalid"},
+            },
+        },
+    )
+    postwarden_service(config, "milter", "headers")
+    postwarden_service(config, "milter", "spam")
+    postfix = postfix_factory(smtpd_milters=[config.socket("headers"), config.socket("spam")])
+    assert postfix.send("a@example.org", ["b@example.net"], make_message(subject="signed")).accepted
+    [got] = sink.wait_for(1)
+    # Then the spam milter scored the verdicts the earlier milter wrote
+    result = got.header("X-Spamd-Result") or ""
+    assert "R_DKIM_ALLOW" in result and "DMARC_POLICY_ALLOW" in result
