@@ -7,6 +7,7 @@ A regex rule gives a known score: Subject "trigger" scores 10.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from milters.spam.checks.gtube import GTUBE
 from tests.fixtures.dnsserver import DnsServer
 from tests.harness.postfix import PostfixInstance, Xclient, make_message
-from tests.harness.services import ServiceConfig, ServiceProcess
+from tests.harness.services import ServiceConfig, ServiceProcess, postwarden_argv
 from tests.harness.sink import SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -273,3 +274,34 @@ def test_milter_sees_authentication_results_an_earlier_milter_added(
     # Then the spam milter scored the verdicts the earlier milter wrote
     result = got.header("X-Spamd-Result") or ""
     assert "R_DKIM_ALLOW" in result and "DMARC_POLICY_ALLOW" in result
+
+
+def test_stat_shows_scanned_and_the_share_of_each_action(
+    postfix_factory: PostfixFactory, postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory, sink: SmtpSink,
+) -> None:  # fmt: skip
+    # Given three messages through the milter: two rejected, one accepted
+    block = {
+        "rules": [RULE],
+        "dnsbl": {"enabled": False},
+        "thresholds": {**NO_ACTIONS, "reject": 5},
+    }
+    config = postwarden_config(
+        milters=("spam",), overrides={"trusted_networks": [], "milters": {"spam": block}}
+    )
+    service = postwarden_service(config, "milter", "spam")
+    postfix = postfix_factory(smtpd_milters=[config.socket("spam")])
+    assert send(postfix, "trigger").code("data") == 550
+    assert send(postfix, "trigger again").code("data") == 550
+    assert send(postfix, "hello").accepted
+    service.stop()  # flushes the counters
+    # When an admin runs `postwarden stat`
+    out = subprocess.run(
+        [*postwarden_argv(), "stat", "-c", str(config.path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    # Then it shows the scanned count and each action's count and share
+    assert "milter spam: 3 messages scanned" in out
+    assert "Messages with action reject: 2, 66.67%" in out
+    assert "Messages with action accept: 1, 33.33%" in out
+    assert "Messages with action discard: 0, 0.00%" in out
