@@ -34,7 +34,15 @@ and writes X-Spamd-Result with every symbol as `NAME(score){options}`.
 
 from __future__ import annotations
 
-from milters.spam.checks import auth_results, dnsbl, gtube, header_sanity, regex_rules, urls
+from milters.spam.checks import (
+    auth_results,
+    content,
+    dnsbl,
+    gtube,
+    header_sanity,
+    regex_rules,
+    urls,
+)
 from milters.spam.checks.api import (
     Check,
     CheckContext,
@@ -48,6 +56,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     header_sanity.CHECK,
     auth_results.CHECK,
     urls.CHECK,
+    content.CHECK,
     regex_rules.CHECK,
     dnsbl.CHECK,
 )
