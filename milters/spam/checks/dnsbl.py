@@ -34,6 +34,7 @@ _NEVER = [ipaddress.ip_network(n) for n in (
     "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10", "::/128",
 )]  # fmt: skip
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+BUDGET_RESERVE = 0.5  # seconds of the message budget kept back from DNS waits
 
 
 def _listable(ip: IPAddress, trusted: tuple[Network, ...]) -> bool:
@@ -102,8 +103,11 @@ def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
         if not queries:
             return
         queries = queries[: d.max_lookups]
+        # Leave part of the budget for scoring and the reply: a DNS wait must
+        # never be what pushes the message past it (on_timeout).
         budget = cctx.message.budget
-        timeout = budget.cap(float(d.timeout))
+        reserve = min(BUDGET_RESERVE, 0.1 * budget.seconds)
+        timeout = max(0.0, min(float(d.timeout), budget.remaining() - reserve))
         answers = lookups.run(cctx.message.resolver, queries, timeout, cctx.message.store,
                               float(d.cache_ttl_max), float(d.cache_ttl_negative))  # fmt: skip
         by_zone = {z.zone.rstrip("."): z for z in zones}

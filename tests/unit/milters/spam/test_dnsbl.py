@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
@@ -121,3 +123,32 @@ def test_outbound_mail_does_not_look_up_the_client_ip(dns_server: DnsServer, sto
     eng, svc = dns_engine(dns_server, store, zones=ZONES[:1])
     v = scan(eng, svc, message(), ip="203.0.113.5", auth="alice")
     assert "RBL_TEST_SPAM" not in names(v)
+
+
+def test_budget_shorter_than_the_dns_timeout_still_gives_a_verdict(
+    dns_server: DnsServer, store: Store
+) -> None:
+    # Given lists that never answer, a 30s DNS timeout and a 1s message budget
+    eng, svc = dns_engine(dns_server, store, zones=ZONES[2:], timeout=30.0)
+    # When the message is scanned
+    v = scan(eng, svc, message(), ip="203.0.113.5", budget=1.0)
+    # Then the verdict comes back (no BudgetExceeded) and names the silent list
+    assert "DNS_TIMEOUT" in names(v)
+
+
+def test_through_the_pipeline_a_silent_dns_server_costs_no_timeout(
+    dns_server: DnsServer, store: Store
+) -> None:
+    from milters.message import Envelope, Message
+    from milters.pipeline import Runner, Stage
+
+    eng, svc = dns_engine(dns_server, store, zones=ZONES[2:], timeout=30.0)
+    settings = dataclasses.replace(svc.settings.milters.spam, budget=Duration(1.0))
+    runner = Runner(svc)
+    try:
+        env = Envelope(client_address=ip_address("203.0.113.5"), recipients=("b@example.net",))
+        r = runner.run(Stage("spam", eng, settings), Message.from_bytes(message()), env)
+    finally:
+        runner.close()
+    assert r.outcome == "ok"
+    assert "DNS_TIMEOUT" in {s.name for s in r.verdict.symbols}
