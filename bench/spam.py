@@ -14,8 +14,9 @@ Three parts (`--part scan|postfix|detect|all`), each checked before it prints:
   for unlisted names), greylisting off (a benchmark cannot retry), and
   `trusted_networks: []` so the loopback client is scored as inbound. Every
   delivered message must carry X-Spam-Score. Goal: ratio >= 0.60.
-- `detect`: a FIXED split of the corpus: a message is in the test set when
-  the first byte of sha256(its path inside the tarball) is < 77 (30 %).
+- `detect`: a FIXED split of the corpus, the one bench/accuracy.py (Bayes)
+  uses, so the figures can be read side by side: a message is in the TEST
+  set when blake2b-64(its file name) mod 100 < 30 (958 of 3,250).
   The rules alone (no Bayes, no DNS), scored with the clock set to
   2002-12-01 (the corpus' time, so dates are judged as when it was
   received): spam recall and ham false-positive rate at the add_header
@@ -24,6 +25,12 @@ Three parts (`--part scan|postfix|detect|all`), each checked before it prints:
     .venv/bin/python -m bench.spam --part scan
     sudo .venv/bin/python -m bench.spam --part postfix --messages 1000 --rounds 3
     .venv/bin/python -m bench.spam --part detect
+    .venv/bin/python -m bench.spam --part sa      # SpamAssassin rules on the same split
+
+`sa`: Debian's SpamAssassin on the same TEST set, rules only (use_bayes 0,
+network tests off: skip_rbl_checks, no Razor/Pyzor/DCC), through a private
+`spamd --local` and `spamc -R`; recall and FP at its required_score 5.0, and
+ROC AUC of its score.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ CORPUS = (
     Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
 )
 CORPUS_TIME = 1_038_700_800.0  # 2002-12-01T00:00:00Z
-TEST_CUT = 77  # sha256(name)[0] < 77: 77/256 = 30 % of the corpus is the test set
+TEST_PERCENT = 30  # blake2b-64(file name) mod 100 < 30: the test set (as bench/accuracy.py)
 ONLY_SPAM = {"milters": {n: {"enabled": n == "spam"} for n in ("headers", "attachments", "dkim",
                                                                "spam", "noop")}}  # fmt: skip
 
@@ -77,7 +84,9 @@ def corpus(tmp: Path) -> list[tuple[str, str, bytes]]:
 
 
 def in_test_set(name: str) -> bool:
-    return hashlib.sha256(name.encode()).digest()[0] < TEST_CUT
+    """`name` is the message's file name (no directory)."""
+    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return h % 100 < TEST_PERCENT
 
 
 def _service(extra: dict[str, Any], clock: ManualClock | None = None) -> ServiceContext:
@@ -135,7 +144,7 @@ def roc_auc(pos: Sequence[float], neg: Sequence[float]) -> float:
 
 
 def part_detect(tmp: Path) -> dict[str, Any]:
-    messages = [m for m in corpus(tmp / "corpus") if in_test_set(m[0])]
+    messages = [m for m in corpus(tmp / "corpus") if in_test_set(Path(m[0]).name)]
     service = _service({"thresholds": {"greylist": None}}, ManualClock(CORPUS_TIME))
     results = scored(messages, service)
     threshold = float(service.settings.milters.spam.thresholds.add_header or 6.0)
@@ -143,10 +152,78 @@ def part_detect(tmp: Path) -> dict[str, Any]:
     ham = [s for k, s in results if k == "ham"]
     assert spam and ham
     return {
-        "split": f"sha256(path in tarball)[0] < {TEST_CUT} (30 %)",
+        "split": f"blake2b-64(file name) mod 100 < {TEST_PERCENT}",
         "test_spam": len(spam), "test_ham": len(ham), "threshold": threshold,
         "spam_recall": round(sum(s >= threshold for s in spam) / len(spam), 4),
         "ham_fp_rate": round(sum(s >= threshold for s in ham) / len(ham), 4),
+        "roc_auc": round(roc_auc(spam, ham), 4),
+    }  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def part_sa(tmp: Path) -> dict[str, Any]:
+    import shutil
+    import socket
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    for tool in ("spamd", "spamc"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install spamassassin spamc")
+    messages = [m for m in corpus(tmp / "corpus") if in_test_set(Path(m[0]).name)]
+    site = tmp / "sa-site"
+    site.mkdir()
+    for pre in Path("/etc/spamassassin").glob("*.pre"):
+        shutil.copy(pre, site / pre.name)
+    (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\nuse_razor2 0\nuse_pyzor 0\n"
+                                   "use_dcc 0\nrequired_score 5.0\n")  # fmt: skip
+    home = tmp / "sa-home"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    port = _free_port()
+    spamd = subprocess.Popen(
+        ["spamd", "--local", "--listen", f"127.0.0.1:{port}", "--max-children", "2",
+         "--siteconfigpath", str(site), "--helper-home-dir", str(home), "--nouser-config",
+         "--pidfile", str(tmp / "spamd.pid"), *(["-u", "nobody"] if os.geteuid() == 0 else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if spamd.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("spamd did not start") from None
+                time.sleep(0.2)  # readiness poll, not a measurement
+
+        def score(raw: bytes) -> float:
+            out = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(port), "-R", "-x"],
+                                 input=raw, capture_output=True, check=True)  # fmt: skip
+            return float(out.stdout.decode(errors="replace").split("/", 1)[0])
+
+        with ThreadPoolExecutor(2) as pool:
+            scores = list(pool.map(score, [raw for _, _, raw in messages]))
+    finally:
+        spamd.terminate()
+        spamd.wait(30)
+    spam = [s for (_, k, _), s in zip(messages, scores, strict=True) if k == "spam"]
+    ham = [s for (_, k, _), s in zip(messages, scores, strict=True) if k == "ham"]
+    assert len(spam) + len(ham) == len(messages)
+    return {
+        "split": f"blake2b-64(file name) mod 100 < {TEST_PERCENT}",
+        "tool": "SpamAssassin rules only (use_bayes 0, network tests off)",
+        "test_spam": len(spam), "test_ham": len(ham), "threshold": 5.0,
+        "spam_recall": round(sum(s >= 5.0 for s in spam) / len(spam), 4),
+        "ham_fp_rate": round(sum(s >= 5.0 for s in ham) / len(ham), 4),
         "roc_auc": round(roc_auc(spam, ham), 4),
     }  # fmt: skip
 
@@ -219,7 +296,7 @@ def part_postfix(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="spam milter: scan speed, Postfix ratio, detection")
-    ap.add_argument("--part", choices=("scan", "postfix", "detect", "all"), default="all")
+    ap.add_argument("--part", choices=("scan", "postfix", "detect", "sa", "all"), default="all")
     ap.add_argument("--messages", type=int, default=1000, help="postfix: messages per run")
     ap.add_argument("--sessions", type=int, default=10, help="postfix: SMTP sessions (10)")
     ap.add_argument("--size", type=int, default=1024, help="postfix: message size (1024)")
@@ -238,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"part": "scan", **part_scan(tmp / "scan")}))
         if args.part in ("detect", "all"):
             print(json.dumps({"part": "detect", **part_detect(tmp / "detect")}))
+        if args.part == "sa":
+            print(json.dumps({"part": "sa", **part_sa(tmp / "sa")}))
     if args.part in ("postfix", "all"):
         if os.geteuid() != 0:
             ap.error("Postfix instances need root")

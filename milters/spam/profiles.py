@@ -6,8 +6,10 @@ Per recipient, first match wins:
    it harms the server's reputation;
 2. `allow_to` lists the recipient: no thresholds (headers only);
 3. the recipient forwards to an external mailbox (`forwarding_addresses`,
-   `forwarding_map`): `forwarding`, stricter, so spam is refused rather than
-   forwarded out (Onlime's rule);
+   `forwarding_map`, or `forwarding_lookup`: Postfix's virtual alias map
+   asked with `postmap -q`, an alias counting when one of its targets lies
+   outside `local_domains`): `forwarding`, stricter, so spam is refused
+   rather than forwarded out (Onlime's rule);
 4. a profile lists the address, else the longest listed domain (a domain
    covers its subdomains);
 5. `thresholds`.
@@ -24,13 +26,22 @@ for their Sieve rules (contrib/dovecot/spam-threshold.sieve).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+import logging
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from milters.message import Action
 from milters.spam.lists import AddressList
 from postwarden.config.sections.spam import SpamMilterSettings, Thresholds
+
+log = logging.getLogger("postwarden.milter.spam")
+
+POSTMAP = "/usr/sbin/postmap"
+LOOKUP_CACHE = 4096  # recipients remembered per process (a reload starts afresh)
+LOOKUP_TIMEOUT = 2.0
 
 TAGS = (Action.ADD_HEADER, Action.REWRITE_SUBJECT)
 REFUSALS = (Action.GREYLIST, Action.QUARANTINE, Action.REJECT, Action.DISCARD)
@@ -82,9 +93,38 @@ def read_forwarding_map(path: str) -> tuple[list[str], list[tuple[int, str]]]:
     return out, problems
 
 
+def postmap_forwarder(table: str, local_domains: Iterable[str]) -> Callable[[str], bool]:
+    """`forwards_out(recipient)`: does the Postfix map `table` alias it to a
+    mailbox outside `local_domains` (or, with none given, outside the
+    recipient's own domain)? Answers are cached; a failed lookup is "no"."""
+    local = {d.lower().lstrip("@").rstrip(".") for d in local_domains}
+
+    @functools.lru_cache(maxsize=LOOKUP_CACHE)
+    def forwards_out(recipient: str) -> bool:
+        try:
+            out = subprocess.run([POSTMAP, "-q", recipient, table], capture_output=True,
+                                 text=True, timeout=LOOKUP_TIMEOUT, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("spam: postmap -q %s %s failed: %s", recipient, table, exc)
+            return False
+        if out.returncode not in (0, 1):
+            log.warning("spam: postmap -q %s: %s", table, out.stderr.strip()[:200])
+            return False
+        own = recipient.rpartition("@")[2]
+        for target in out.stdout.replace(",", " ").split():
+            domain = target.rpartition("@")[2].lower().rstrip(".") if "@" in target else ""
+            if domain and (domain not in local if local else domain != own):
+                return True
+        return False
+
+    return forwards_out
+
+
 class ProfileMap:
     def __init__(self, s: SpamMilterSettings, forwarding: Iterable[str] = ()) -> None:
         self.s = s
+        self.lookup = (postmap_forwarder(s.forwarding_lookup, s.local_domains)
+                       if s.forwarding_lookup else None)  # fmt: skip
         self.allow_to = AddressList(s.allow_to)
         self.forwarding = AddressList([*s.forwarding_addresses, *forwarding])
         self.by_address: dict[str, str] = {}
@@ -114,7 +154,7 @@ class ProfileMap:
         rcpt = recipient.strip().strip("<>").lower()
         if self.allow_to.match(rcpt):
             return "allow_to"
-        if self.forwarding.match(rcpt) and "@" in rcpt:
+        if "@" in rcpt and (self.forwarding.match(rcpt) or (self.lookup and self.lookup(rcpt))):
             return "forwarding"
         if rcpt in self.by_address:
             return self.by_address[rcpt]

@@ -207,6 +207,12 @@ class SpamMilterSettings(MilterSettings):
     forwarding_map: FilePath | None = setting(
         None, doc="file: one address per line (or a Postfix map source)"
     )
+    forwarding_lookup: str = setting(
+        "", doc='a Postfix map queried with `postmap -q`, e.g. "hash:/etc/postfix/virtual"'
+    )
+    local_domains: tuple[str, ...] = setting(
+        factory=tuple, doc="targets outside these forward out; empty = another domain"
+    )
     profiles: Mapping[str, Profile] = setting(factory=dict)
     symbols: Mapping[str, SymbolOverride] = setting(factory=dict)
     subject_prefix: str = setting("[SPAM] ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from milters.message import Action, HeaderOp
@@ -215,3 +217,18 @@ def test_from_domain_differing_from_envelope_is_a_symbol() -> None:
     assert "FROM_NEQ_ENVFROM" in names(v)
     v = scan(eng, svc, message(), mail_from="bounce@mail.example.org")
     assert "FROM_NEQ_ENVFROM" not in names(v)
+
+
+def test_forwarding_lookup_asks_postfix_virtual_alias_map_with_postmap(tmp_path: Path) -> None:
+    # Given a virtual(5) table: one alias leaves the server, one stays local
+    table = tmp_path / "virtual"
+    table.write_text(
+        "fwd@example.net  someone@gmail.example\nlocal@example.net  other@example.net\n"
+    )
+    eng, svc = engine({"forwarding_lookup": f"texthash:{table}", "local_domains": ["example.net"],
+                       "forwarding": {"reject": 2}, "thresholds": {"reject": 100}})  # fmt: skip
+    raw = message(drop=("Message-ID",))
+    # Then only the external forward gets the forwarding threshold
+    assert scan(eng, svc, raw, rcpts=["fwd@example.net"]).action is Action.REJECT
+    assert scan(eng, svc, raw, rcpts=["local@example.net"]).action is not Action.REJECT
+    assert scan(eng, svc, raw, rcpts=["nobody@example.net"]).action is not Action.REJECT
