@@ -178,8 +178,10 @@ def part_sa(tmp: Path) -> dict[str, Any]:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt-get install spamassassin spamc")
     messages = [m for m in corpus(tmp / "corpus") if in_test_set(Path(m[0]).name)]
+    tmp.chmod(0o755)  # spamd's children run as nobody
+    tmp.parent.chmod(0o755)
     site = tmp / "sa-site"
-    site.mkdir()
+    site.mkdir(mode=0o755)
     for pre in Path("/etc/spamassassin").glob("*.pre"):
         shutil.copy(pre, site / pre.name)
     (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\nuse_razor2 0\nuse_pyzor 0\n"
@@ -207,8 +209,11 @@ def part_sa(tmp: Path) -> dict[str, Any]:
 
         def score(raw: bytes) -> float:
             out = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(port), "-R", "-x"],
-                                 input=raw, capture_output=True, check=True)  # fmt: skip
-            return float(out.stdout.decode(errors="replace").split("/", 1)[0])
+                                 input=raw, capture_output=True, check=False)  # fmt: skip
+            text = out.stdout.decode(errors="replace")
+            if "/" not in text.split("\n", 1)[0]:
+                raise SystemExit(f"spamc failed ({out.returncode}): {out.stderr[:200]!r}")
+            return float(text.split("/", 1)[0])
 
         with ThreadPoolExecutor(2) as pool:
             scores = list(pool.map(score, [raw for _, _, raw in messages]))

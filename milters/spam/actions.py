@@ -26,12 +26,17 @@ from milters.spam.greylisting import greylist_pass
 from postwarden import replies
 from postwarden.config.sections.spam import HeaderNames
 
+OPTIONS_WIDTH = 200  # characters of options per symbol: header lines stay short (RFC 5322 2.1.1)
+
 
 def format_symbol(s: Symbol) -> str:
-    opts = (
-        "{" + ",".join(o.replace(";", ",")[:100] for o in s.options[:10]) + "}" if s.options else ""
-    )
-    return f"{s.name}({s.score:.2f}){opts}"
+    """`NAME(score){opt1,opt2}`; options are printable ASCII (8-bit and
+    control characters become '?') and cut to OPTIONS_WIDTH."""
+    if not s.options:
+        return f"{s.name}({s.score:.2f})"
+    text = ",".join(s.options[:10]).replace(";", ",").replace("{", "(").replace("}", ")")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)[:OPTIONS_WIDTH]
+    return f"{s.name}({s.score:.2f}){{{text}}}"
 
 
 def result_header(action: Action, score: float, required: float | None,

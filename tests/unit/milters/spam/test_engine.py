@@ -232,3 +232,12 @@ def test_forwarding_lookup_asks_postfix_virtual_alias_map_with_postmap(tmp_path:
     assert scan(eng, svc, raw, rcpts=["fwd@example.net"]).action is Action.REJECT
     assert scan(eng, svc, raw, rcpts=["local@example.net"]).action is not Action.REJECT
     assert scan(eng, svc, raw, rcpts=["nobody@example.net"]).action is not Action.REJECT
+
+
+def test_result_header_stays_ascii_and_short_whatever_the_options() -> None:
+    rules = [{"symbol": "LONG_MATCH", "body": True, "match": "caf.+", "score": 1}]
+    eng, svc = engine({"rules": rules})
+    v = scan(eng, svc, message("café " + "é" * 5000 + "\r\n"))
+    [result] = added(v, "X-Spamd-Result")
+    assert result.isascii()
+    assert all(len(line) < 300 for line in result.split("\r\n"))
