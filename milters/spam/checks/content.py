@@ -22,6 +22,7 @@ from milters.spam.view import MessageView
 from postwarden.config.sections.spam import SpamMilterSettings
 
 TEXT_LIMIT = 50_000  # characters of decoded text looked at
+SUBJECT_TAIL = 500  # characters at the end of the Subject looked at
 
 _PHRASES = [
     r"click here", r"act now", r"limited time", r"order (now|today)", r"risk[- ]free",
@@ -70,10 +71,14 @@ def _re(pattern: str) -> object:
 _PHRASE_RE = [_re(r"\b" + p) for p in _PHRASES]
 _ANY_PHRASE = _re(r"\b(" + "|".join(_PHRASES) + ")")
 _REMOVAL_RE = _re(_REMOVAL)
-_MONEY = re.compile(r"\$\s?\d[\d,]*(\.\d\d)?|\d[\d,]* ?(dollars|usd)\b", re.I)
-_TRACKING = re.compile(r"(\s{3,}|[\s_-])[\[(#]?[A-Za-z]{0,4}\d{3,}[A-Za-z\d]{0,6}[\])]?\s*$")
+_MONEY = re.compile(r"\$\s?\d[\d,]{0,15}(\.\d\d)?|\d[\d,]{0,15} ?(dollars|usd)\b", re.I)
+_TRACKING = re.compile(
+    r"(\s{3,20}|[\s_-])[\[(#]?[A-Za-z]{0,4}\d{3,12}[A-Za-z\d]{0,6}[\])]?\s{0,20}$"
+)
 _STYLE = re.compile(r"<\s*font\b|color\s*=|bgcolor|<\s*center\b", re.I)
 _IMG = re.compile(r"<\s*img\b", re.I)
+_LETTER = re.compile(r"[^\W\d_]")
+_UPPER = re.compile(r"[A-Z\u00c0-\u00de]")
 
 
 def content(view: MessageView, ctx: CheckContext) -> Iterator[SymbolHit]:
@@ -90,8 +95,8 @@ def content(view: MessageView, ctx: CheckContext) -> Iterator[SymbolHit]:
         yield SymbolHit("SPAM_PHRASES", tuple(found[:6]), float(min(6, len(found))))
     if not lists and _REMOVAL_RE.search(text):  # type: ignore[attr-defined]
         yield SymbolHit("BULK_REMOVAL")
-    letters = [c for c in text if c.isalpha()]
-    if len(letters) > 200 and sum(c.isupper() for c in letters) / len(letters) > 0.35:
+    letters = len(_LETTER.findall(text))
+    if letters > 200 and len(_UPPER.findall(text)) / letters > 0.35:
         yield SymbolHit("BODY_SHOUTING")
     if text.count("!") >= 8:
         yield SymbolHit("BODY_EXCLAIM", (str(text.count("!")),))
@@ -104,7 +109,7 @@ def content(view: MessageView, ctx: CheckContext) -> Iterator[SymbolHit]:
             yield SymbolHit("HTML_STYLING")
         if _IMG.search(html) and words < 50:
             yield SymbolHit("HTML_IMAGES_LITTLE_TEXT")
-    subject = view.subject
+    subject = view.subject[-SUBJECT_TAIL:]
     if subject:
         if _TRACKING.search(subject) and not re.search(r"\b(19|20)\d\d\s*$", subject):
             yield SymbolHit("SUBJ_TRACKING_ID")

@@ -10,6 +10,7 @@ import pytest
 from milters.message import Action
 from tests.unit.milters.spam.helpers import engine, message, names, scan
 
+HTML = b"Content-Type: text/html\r\nSubject: h\r\n\r\n"
 CORPUS = (
     Path(__file__).resolve().parents[5] / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
 )
@@ -36,6 +37,20 @@ CORPUS = (
         pytest.param(
             b"Content-Type: multipart/mixed\r\n\r\nno boundary at all\r\n",
             id="multipart-no-boundary",
+        ),
+        pytest.param(
+            b"Subject: x" + b" " * 500_000 + b"1\r\n\r\n" + b"1" * 200_000, id="spaces-and-digits"
+        ),
+        # HTML built to make a backtracking parser quadratic: a verdict, quickly
+        *(
+            pytest.param(HTML + piece * (400_000 // len(piece)), id=f"html-{name}")
+            for name, piece in [
+                ("unclosed-anchors", b'<a href="http://x.example/">'),
+                ("lone-brackets", b"<"),
+                ("unclosed-comments", b"<!--"),
+                ("unclosed-scripts", b"<script>"),
+                ("comments-no-script", b"<!-- c -->text "),
+            ]
         ),
     ],
 )
