@@ -41,7 +41,7 @@ log = logging.getLogger("postwarden.milter.spam")
 
 POSTMAP = "/usr/sbin/postmap"
 LOOKUP_CACHE = 4096  # recipients remembered per process (a reload starts afresh)
-LOOKUP_TIMEOUT = 2.0
+LOOKUP_TIMEOUT = 10.0  # postmap's first start can be slow (host name lookup)
 
 TAGS = (Action.ADD_HEADER, Action.REWRITE_SUBJECT)
 REFUSALS = (Action.GREYLIST, Action.QUARANTINE, Action.REJECT, Action.DISCARD)
@@ -93,29 +93,39 @@ def read_forwarding_map(path: str) -> tuple[list[str], list[tuple[int, str]]]:
     return out, problems
 
 
+class _LookupFailed(Exception):
+    """postmap failed: answered "no" this time, not cached."""
+
+
 def postmap_forwarder(table: str, local_domains: Iterable[str]) -> Callable[[str], bool]:
     """`forwards_out(recipient)`: does the Postfix map `table` alias it to a
     mailbox outside `local_domains` (or, with none given, outside the
-    recipient's own domain)? Answers are cached; a failed lookup is "no"."""
+    recipient's own domain)? Answers are cached; a failed lookup is "no"
+    (logged) and asked again next time."""
     local = {d.lower().lstrip("@").rstrip(".") for d in local_domains}
 
     @functools.lru_cache(maxsize=LOOKUP_CACHE)
-    def forwards_out(recipient: str) -> bool:
+    def cached(recipient: str) -> bool:
         try:
             out = subprocess.run([POSTMAP, "-q", recipient, table], capture_output=True,
                                  text=True, timeout=LOOKUP_TIMEOUT, check=False)  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("spam: postmap -q %s %s failed: %s", recipient, table, exc)
-            return False
-        if out.returncode not in (0, 1):
-            log.warning("spam: postmap -q %s: %s", table, out.stderr.strip()[:200])
-            return False
+            raise _LookupFailed(str(exc)) from exc
+        if out.returncode not in (0, 1):  # 1 = not found
+            raise _LookupFailed(out.stderr.strip()[:200])
         own = recipient.rpartition("@")[2]
         for target in out.stdout.replace(",", " ").split():
             domain = target.rpartition("@")[2].lower().rstrip(".") if "@" in target else ""
             if domain and (domain not in local if local else domain != own):
                 return True
         return False
+
+    def forwards_out(recipient: str) -> bool:
+        try:
+            return cached(recipient)
+        except _LookupFailed as exc:
+            log.warning("spam: postmap -q %s %s failed: %s", recipient, table, exc)
+            return False
 
     return forwards_out
 
