@@ -26,7 +26,7 @@ from milters.engine import Needs
 from milters.message import Action, Envelope, HeaderEdit, Message, Symbol, Verdict
 from milters.spam import actions
 from milters.spam.checks import CHECKS, Check, CheckContext, CheckSpec, SymbolDef, SymbolHit
-from milters.spam.lists import AddressList, header_addresses
+from milters.spam.lists import AddressList
 from milters.spam.profiles import ProfileMap, read_forwarding_map
 from milters.spam.view import MessageView
 from postwarden import replies
@@ -100,7 +100,7 @@ class SpamEngine:
         outbound = self.outbound(env)
         hits: list[SymbolHit] = []
         scored = True
-        from_addrs = [env.mail_from, *header_addresses(view.headers.get("from", []))]
+        from_addrs = [env.mail_from, *view.from_addresses]
         allowed = self.allow_from.match_any(a for a in from_addrs if a)
         rcpt_allowed = [self.profiles.allow_to.match(r) for r in env.recipients]
         if allowed:

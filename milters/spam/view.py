@@ -25,6 +25,7 @@ from functools import cached_property
 
 from milters.header_lines import decode_words, unfold
 from milters.message import Envelope, Message
+from milters.spam.lists import header_addresses
 
 MAX_URLS = 1000
 """URLs kept per message; a body with 10,000 links is judged on the first 1,000."""
@@ -183,6 +184,11 @@ class MessageView:
     @property
     def subject(self) -> str:
         return self.header("Subject")
+
+    @cached_property
+    def from_addresses(self) -> tuple[str, ...]:
+        """Addresses of the From header(s) (RFC 5322 section 3.6.2), in order."""
+        return tuple(header_addresses(self.headers.get("from", [])))
 
     # -- MIME ---------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from milters.spam.view import MessageView
 from postwarden.config.sections.spam import SpamMilterSettings
 
 TEXT_LIMIT = 50_000  # characters of decoded text looked at
+SHOUT_SAMPLE = 5_000  # characters of text whose capitals are counted
 SUBJECT_TAIL = 500  # characters at the end of the Subject looked at
 
 _PHRASES = [
@@ -95,8 +96,9 @@ def content(view: MessageView, ctx: CheckContext) -> Iterator[SymbolHit]:
         yield SymbolHit("SPAM_PHRASES", tuple(found[:6]), float(min(6, len(found))))
     if not lists and _REMOVAL_RE.search(text):  # type: ignore[attr-defined]
         yield SymbolHit("BULK_REMOVAL")
-    letters = len(_LETTER.findall(text))
-    if letters > 200 and len(_UPPER.findall(text)) / letters > 0.35:
+    sample = text[:SHOUT_SAMPLE]
+    letters = _LETTER.subn("", sample)[1] if len(sample) > 200 else 0
+    if letters > 200 and _UPPER.subn("", sample)[1] / letters > 0.35:
         yield SymbolHit("BODY_SHOUTING")
     if text.count("!") >= 8:
         yield SymbolHit("BODY_EXCLAIM", (str(text.count("!")),))

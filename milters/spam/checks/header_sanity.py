@@ -15,7 +15,6 @@ from email.utils import mktime_tz, parsedate_tz
 
 from milters.context import ServiceContext
 from milters.spam.checks.api import Check, CheckContext, CheckSpec, SymbolDef, SymbolHit
-from milters.spam.lists import header_addresses
 from milters.spam.view import MessageView
 from postwarden.config.sections.spam import SpamMilterSettings
 
@@ -131,7 +130,7 @@ def header_sanity(view: MessageView, ctx: CheckContext) -> Iterator[SymbolHit]:
     yield from _subject(view)
     env_domain = view.env.sender_domain
     if env_domain and froms:
-        addrs = header_addresses(froms[:1])
+        addrs = view.from_addresses[:1]
         if addrs:
             domain = addrs[0].rpartition("@")[2].lower()
             if domain != env_domain and not domain.endswith("." + env_domain) \
