@@ -8,11 +8,12 @@ How a check plugs in (adding one is one module here + one line in CHECKS):
   runs once per process: read its settings (its own sub-block of
   `milters.spam`, e.g. `settings.bayes`), compile rules, report problems via
   `ctx.problem(file, line, key, msg)`. Return None when switched off.
-* The `Check` it returns is a plain callable
+* The `Check` it returns (a `Callable` alias) is a plain function or closure
   `check(view: MessageView, ctx: CheckContext) -> Iterable[SymbolHit]`:
   - `view` (milters/spam/view.py) is the message parsed ONCE: `view.msg` /
     `view.env` (the milter's Message, Envelope), `view.headers` (lower name ->
     decoded unfolded values), `view.header(name)`, `view.subject`,
+    `view.from_addresses`,
     `view.text_parts` (TextPart: content_type, decoded `text` with HTML made
     text, raw `html`, charset), `view.text` (all text joined), `view.html`,
     `view.urls` (Url: url, host, link text), `view.url_hosts`, `view.body`
@@ -26,7 +27,10 @@ How a check plugs in (adding one is one module here + one line in CHECKS):
     check's `symbols` table; score = configured score x weight.
 * `symbols: {NAME: SymbolDef(score, description)}` are the shipped defaults;
   `milters.spam.symbols.NAME.score/description` override them one by one.
-* `network=True` checks run after the local ones with the remaining budget.
+* `network=True` checks run after the local ones with the remaining budget;
+  a check that waits (DNS, Redis) caps its waits with `ctx.message.budget`.
+* A per-recipient check (e.g. per-user Bayes) sees `ctx.env.recipients`;
+  the message is still scored once (milters/spam/profiles.py).
 
 The engine sums the scores, picks the action by threshold (milters/spam/actions.py)
 and writes X-Spamd-Result with every symbol as `NAME(score){options}`.
