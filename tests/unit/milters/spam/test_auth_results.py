@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.unit.milters.spam.helpers import engine, message, names, scan
+from tests.unit.milters.spam.engine_setup import engine, message, names, scan
 
 OURS = "mx.example.net"
 

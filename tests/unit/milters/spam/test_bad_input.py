@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from milters.message import Action
-from tests.unit.milters.spam.helpers import engine, message, names, scan
+from tests.unit.milters.spam.engine_setup import engine, message, names, scan
 
 HTML = b"Content-Type: text/html\r\nSubject: h\r\n\r\n"
 CORPUS = (

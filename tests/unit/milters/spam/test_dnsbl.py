@@ -15,7 +15,7 @@ from postwarden.config.units import Duration
 from postwarden.resolver import make_resolver
 from postwarden.store.client import Store
 from tests.fixtures.dnsserver import TIMEOUT, DnsServer
-from tests.unit.milters.spam.helpers import engine, message, names, scan
+from tests.unit.milters.spam.engine_setup import engine, message, names, scan
 
 ZONES = [
     {"zone": "bl.test", "kind": "ip", "symbol": "RBL_TEST",

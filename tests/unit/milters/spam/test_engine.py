@@ -8,7 +8,7 @@ import pytest
 
 from milters.message import Action, HeaderOp
 from milters.spam.checks.gtube import GTUBE
-from tests.unit.milters.spam.helpers import added, engine, message, names, scan
+from tests.unit.milters.spam.engine_setup import added, engine, message, names, scan
 
 
 def test_clean_message_is_accepted_with_score_and_result_headers() -> None:

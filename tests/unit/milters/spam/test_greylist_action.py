@@ -7,7 +7,7 @@ from ipaddress import ip_address
 from milters.message import Action
 from postwarden.clock import ManualClock
 from postwarden.store.client import Store
-from tests.unit.milters.spam.helpers import NOW, engine, message, names, scan
+from tests.unit.milters.spam.engine_setup import NOW, engine, message, names, scan
 
 GREY = {"thresholds": {"greylist": 2, "add_header": 100, "reject": 100}}
 
