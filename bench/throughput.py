@@ -104,18 +104,28 @@ def _send_python(host: str, port: int, messages: int, sessions: int, size: int) 
 
 
 def _send(
-    host: str, port: int, messages: int, sessions: int, size: int, client: str, timeout: float
+    host: str,
+    port: int,
+    messages: int,
+    sessions: int,
+    size: int,
+    client: str,
+    timeout: float,
+    message_file: Path | None = None,
 ) -> None:
+    """`message_file` (smtp-source only): send that message (LF line ends)
+    instead of smtp-source's generated one."""
     if client == "smtp-source":
         assert SMTP_SOURCE is not None
         argv = [
             SMTP_SOURCE,
             "-s", str(sessions),
             "-m", str(messages),
-            "-l", str(size),
+            *(["-l", str(size)] if message_file is None else []),
             "-f", "bench@example.org",
             "-t", "sink@example.net",
             "-M", "client.bench.test",
+            *(["-F", str(message_file)] if message_file is not None else []),
             f"{host}:{port}",
         ]  # fmt: skip
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -183,9 +193,10 @@ class Bench:
             # Warm-up: spawn smtpd/cleanup/smtp processes and the milter's
             # first connections outside the timed window.
             warm = min(a.warmup, a.messages)
+            message_file = getattr(a, "message_file", None)
             if warm:
                 _send(postfix.host, postfix.port, warm, min(a.sessions, warm), a.size,
-                      a.client, a.timeout)  # fmt: skip
+                      a.client, a.timeout, message_file)  # fmt: skip
                 self.sink.wait_for(warm, a.timeout)
             self.sink.clear()
             start = time.monotonic()
@@ -193,18 +204,15 @@ class Bench:
             client_seconds = float("nan")
             try:
                 _send(postfix.host, postfix.port, a.messages, a.sessions, a.size, a.client,
-                      a.timeout)  # fmt: skip
+                      a.timeout, message_file)  # fmt: skip
                 client_seconds = time.monotonic() - start
                 self.sink.wait_for(a.messages, max(1.0, a.timeout - client_seconds))
             except (TimeoutError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 error = str(exc).splitlines()[0]
             seconds = time.monotonic() - start
             delivered = self.sink.count
-            if not error and service is not None:
-                # Check the milter really ran: its header is on every message.
-                stamped = sum(1 for m in self.sink.messages if m.header("X-Postwarden-Noop"))
-                if stamped != delivered:
-                    error = f"only {stamped} of {delivered} messages carry X-Postwarden-Noop"
+            if not error:
+                error = self.check_delivered(config, service, delivered)
             return RunResult(
                 config=config,
                 round=round_no,
@@ -222,6 +230,16 @@ class Bench:
                 service.stop()
                 self.services.remove(service)
             self.sink.clear()
+
+    def check_delivered(self, config: str, service: ServiceProcess | None, delivered: int) -> str:
+        """Why the run does not count ("" = it does): the milter really ran,
+        so its header is on every delivered message."""
+        if service is None:
+            return ""
+        stamped = sum(1 for m in self.sink.messages if m.header("X-Postwarden-Noop"))
+        if stamped != delivered:
+            return f"only {stamped} of {delivered} messages carry X-Postwarden-Noop"
+        return ""
 
 
 def summarize(results: Sequence[RunResult], configs: Sequence[str]) -> dict[str, object]:

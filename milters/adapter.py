@@ -303,7 +303,9 @@ def record(runner: Runner, result: StageResult, env: Envelope, msg: Message) -> 
     """Count and log one decision (one greppable line per message)."""
     verdict = result.verdict
     name = result.name
-    metrics.MILTER_MESSAGES.labels(name, verdict.action.value).inc()
+    metrics.milter_decided(
+        name, verdict.action.value, result.seconds, [s.name for s in verdict.symbols]
+    )
     stats = runner.service.stats
     stats.add(f"milter.{name}.scanned")
     stats.add(f"milter.{name}.{verdict.action.value}")

@@ -12,6 +12,20 @@ import re
 from dataclasses import dataclass, replace
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text fit for a reply or header: printable ASCII, one line, bounded.
+
+    Parts of replies come from the client (addresses, HELO) or the sender's
+    DNS (SPF explanations); a control character or newline there must not
+    reach Postfix, which ends a policy reply at the first newline
+    (SMTPD_POLICY_README).
+    """
+    if not (text.isascii() and text.isprintable()):
+        text = _UNPRINTABLE.sub(" ", text)
+    return text.strip()[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +67,9 @@ SPF_TEMPERROR = Reply(451, "4.4.3", "SPF temporary error, please try again later
 SPF_PERMERROR = Reply(550, "5.7.24", "SPF validation error")
 SPF_FAIL_DEFER = Reply(450, "4.7.23", "SPF validation failed, please try again later")
 SPF_PERMERROR_DEFER = Reply(451, "4.7.24", "SPF validation error, please try again later")
+# DMARC (RFC 7489 section 6.6.3): "5.7.1" as OpenDMARC rejects; the text
+# names the policy so the sender's admin knows what to fix.
+DMARC_REJECT = Reply(550, "5.7.1", "Email rejected per DMARC policy")
 # Greylisting: 4.7.1 "delivery not authorized" temporary, as postgrey answers.
 GREYLISTED = Reply(450, "4.7.1", "Greylisted, please try again later")
 # Rate limits.

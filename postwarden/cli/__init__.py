@@ -16,12 +16,14 @@ COMMANDS = [
     "postwarden.cli.run:run",
     "postwarden.cli.service:milter",
     "postwarden.cli.service:policyd",
+    "postwarden.cli.serve:serve",
     "postwarden.cli.config:config",
     "postwarden.cli.scan:scan",
     "postwarden.cli.stat:stat",
     "postwarden.cli.postfix_config:postfix_config",
     "postwarden.cli.ratelimit:ratelimit",
     "postwarden.cli.greylist:greylist",
+    "postwarden.cli.dkim:dkim",
 ]
 
 

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from postwarden import protections
 from postwarden.cli.options import config_option
 from postwarden.config import ConfigError, Settings, config_path, load_config
 from postwarden.config.errors import ConfigProblem
@@ -53,14 +54,17 @@ def summary(path: str, settings: Settings) -> list[str]:
         f"  policyd             {'enabled ' if p.enabled else 'disabled'} {p.socket}"
         f" on_error={p.on_error.value}"
     )
-    checks = {
-        "access": p.access.enabled,
-        "sender_login": p.sender_login.enabled,
-        "ratelimit": p.ratelimit.enabled,
-        "spf": p.spf.enabled,
-        "greylist": p.greylist.enabled,
-    }
-    order = " -> ".join(f"{n}{'' if checks.get(n) else ' (off)'}" for n in p.order)
+    from policyd.registry import specs
+
+    served = specs()
+    blocks = p.checks()
+
+    def check_state(name: str) -> str:
+        if name not in served:
+            return " (not in this version)"
+        return "" if blocks[name].enabled else " (off)"
+
+    order = " -> ".join(f"{n}{check_state(n)}" for n in p.order)
     lines.append(f"    checks: {order}")
     return lines
 
@@ -81,7 +85,9 @@ def check(config_file: str | None) -> None:
         click.echo(str(problem), err=True)
     if any(p.severity == "error" for p in problems):
         sys.exit(EX_PROBLEMS)
-    for line in summary(path, settings):
+    from milters.registry import names
+
+    for line in [*summary(path, settings), *protections.summary(settings, names())]:
         click.echo(line)
     warnings = sum(1 for p in problems if p.severity != "error")
     if warnings:

@@ -59,6 +59,12 @@ class Keys:
     def spf_result(self, identity: str, client_ip: str, domain: str, helo: str) -> str:
         return f"{self.prefix}spf:v1:{identity}:{digest(client_ip, domain, helo)}"
 
+    # -- DKIM key records (milters/dkim/records.py): the TXT record text of
+    # <selector>._domainkey.<domain>; TTL the record's own, at most
+    # milters.dkim.key_cache_ttl.
+    def dkim_key_record(self, name: str) -> str:
+        return f"{self.prefix}dkimkey:v1:{digest(name.lower())}"
+
     # -- DNSBL/URIBL answers (milters/spam/dnsbl.py); TTL the answer's own,
     # capped by milters.spam.dnsbl.cache_ttl_max (cache_ttl_negative if unlisted).
     def dnsbl_answer(self, qname: str) -> str:

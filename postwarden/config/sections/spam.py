@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
 from postwarden.config.sections.common import MilterSettings
 from postwarden.config.sections.headers import re2_problem
@@ -58,12 +59,12 @@ class Thresholds:
     reject: float | None = setting(15.0, doc="550 5.7.1 with the score")
     discard: float | None = setting(None, doc="accept and drop (Apis delete threshold)")
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         for f in fields(self):
             v = getattr(self, f.name)
             if v is not None and not -1000 <= v <= 10000:
-                problems.append(f"{f.name}: {v} is out of range -1000..10000")
+                problems.append(FieldProblem(f.name, f"{v} is out of range -1000..10000"))
         return problems
 
 
@@ -110,17 +111,18 @@ class Zone:
     score: float = setting(1.0, doc="default score of this zone's symbols")
     enabled: bool = setting(True)
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\.?", self.zone):
-            problems.append(f"zone: {self.zone!r} is not a DNS zone name")
-        names = [("symbol", self.symbol), *(("returns", s) for s in self.returns.values())]
+            problems.append(FieldProblem("zone", f"{self.zone!r} is not a DNS zone name"))
+        names = [("symbol", self.symbol), *((f"returns.{c}", s) for c, s in self.returns.items())]
         for label, name in names:
             if not SYMBOL_NAME.match(name):
-                problems.append(f"{label}: {name!r} is not a symbol name (A-Z, 0-9, _)")
+                problems.append(FieldProblem(label, f"{name!r} is not a symbol name (A-Z, 0-9, _)"))
         for code in self.returns:
             if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.\d{1,3}", code):
-                problems.append(f"returns: {code!r} is not a 127.x.y.z answer")
+                why = f"{code!r} is not a 127.x.y.z answer"
+                problems.append(FieldProblem(f"returns.{code}", why, at_key=True))
         return problems
 
 
@@ -170,16 +172,20 @@ class RegexRule:
     score: float = setting(1.0)
     description: str = setting("")
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if not SYMBOL_NAME.match(self.symbol):
-            problems.append(f"symbol: {self.symbol!r} is not a symbol name (A-Z, 0-9, _)")
+            problems.append(
+                FieldProblem("symbol", f"{self.symbol!r} is not a symbol name (A-Z, 0-9, _)")
+            )
         if bool(self.header) == self.body:
             problems.append("give either header: NAME or body: true")
         if not self.match:
             problems.append("match: a regular expression is required")
         elif why := re2_problem(self.match):
-            problems.append(f"match: {self.match!r} is not a valid RE2 pattern: {why}")
+            problems.append(
+                FieldProblem("match", f"{self.match!r} is not a valid RE2 pattern: {why}")
+            )
         return problems
 
 
@@ -190,8 +196,8 @@ class HeaderNames:
     score: str = setting("X-Spam-Score", doc="the score, on every scanned message")
     result: str = setting("X-Spamd-Result", doc="action, score/threshold and every symbol")
 
-    def validate_node(self) -> list[str]:
-        return [f"{f.name}: {getattr(self, f.name)!r} is not a header name"
+    def validate_node(self) -> list[Finding]:
+        return [FieldProblem(f.name, f"{getattr(self, f.name)!r} is not a header name")
                 for f in fields(self)
                 if not re.fullmatch(r"[!-9;-~]+", getattr(self, f.name))]  # fmt: skip
 
@@ -231,13 +237,17 @@ class SpamMilterSettings(MilterSettings):
     authserv_id: str = setting("", doc="our Authentication-Results id; empty = host FQDN")
     dnsbl: DnsblSettings = setting(factory=DnsblSettings)
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         for name in self.symbols:
             if not SYMBOL_NAME.match(name):
-                problems.append(f"symbols: {name!r} is not a symbol name (A-Z, 0-9, _)")
+                problems.append(FieldProblem(f"symbols.{name}",
+                                             f"{name!r} is not a symbol name (A-Z, 0-9, _)",
+                                             at_key=True))  # fmt: skip
         for key in ("allow_from", "allow_to", "block_from", "forwarding_addresses"):
-            for entry in getattr(self, key):
+            for i, entry in enumerate(getattr(self, key)):
                 if not re.fullmatch(r"[^@\s]*@?[A-Za-z0-9.-]+", entry.strip()):
-                    problems.append(f"{key}: {entry!r} is not an address or domain")
+                    problems.append(
+                        FieldProblem(f"{key}[{i}]", f"{entry!r} is not an address or domain")
+                    )
         return problems

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from policyd.pipeline import CheckContext, build_pipeline, evaluate
+from policyd.check import CheckContext
+from policyd.pipeline import build_pipeline, evaluate
 from policyd.protocol import PolicyRequest, RequestParser, encode_request
 from postwarden.clock import ManualClock
 from postwarden.config import ConfigProblem, load_config_text
@@ -155,6 +156,7 @@ def rcpt(**attrs: str) -> PolicyRequest:
 CHECKS = """\
 redis: {{url: "{url}", cluster: true, prefix: "pwc:"}}
 policyd:
+  spf: {{enabled: false}}
   greylist: {{enabled: true}}
   ratelimit:
     enabled: true
