@@ -305,3 +305,34 @@ def test_stat_shows_scanned_and_the_share_of_each_action(
     assert "Messages with action reject: 2, 66.67%" in out
     assert "Messages with action accept: 1, 33.33%" in out
     assert "Messages with action discard: 0, 0.00%" in out
+
+
+def test_spam_milter_scores_the_dkim_milters_authentication_results(
+    postfix_factory: PostfixFactory, postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory, sink: SmtpSink,
+) -> None:  # fmt: skip
+    # Given the dkim milter (verifies, writes A-R with its authserv-id) before
+    # the spam milter, which takes that id from the dkim settings
+    config = postwarden_config(
+        milters=("dkim", "spam"),
+        overrides={
+            "trusted_networks": [],
+            "milters": {
+                "dkim": {"authserv_id": "mx.test.invalid", "sign": False, "dmarc": False,
+                         "arc": False},
+                "spam": {"dnsbl": {"enabled": False}},
+            },
+        },
+    )  # fmt: skip
+    postwarden_service(config, "milter", "dkim")
+    postwarden_service(config, "milter", "spam")
+    postfix = postfix_factory(smtpd_milters=[config.socket("dkim"), config.socket("spam")])
+    # When an unsigned message arrives (and a forged A-R claims our id)
+    forged = {"Authentication-Results": "mx.test.invalid; dkim=pass header.d=bank.example"}
+    data = make_message(subject="unsigned", extra_headers=forged)
+    assert postfix.send("a@example.org", ["b@example.net"], data).accepted
+    [got] = sink.wait_for(1)
+    # Then the spam milter saw the dkim milter's verdict, not the forged one
+    result = got.header("X-Spamd-Result") or ""
+    assert "R_DKIM_NA" in result
+    assert "R_DKIM_ALLOW" not in result

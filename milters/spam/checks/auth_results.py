@@ -72,7 +72,7 @@ def _clauses(value: str) -> list[str]:
 
 def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check:
     dkim_id = str(getattr(ctx.settings.milters.dkim, "authserv_id", "") or "")
-    host = socket.gethostname().lower()
+    host = socket.getfqdn().lower()
     our_id = (settings.authserv_id or dkim_id or host).lower()
     receiver = (ctx.settings.policyd.spf.receiver or socket.getfqdn()).lower()
     receivers = {receiver, host, our_id}
