@@ -294,7 +294,10 @@ def test_stat_shows_scanned_and_the_share_of_each_action(
     assert send(postfix, "trigger").code("data") == 550
     assert send(postfix, "trigger again").code("data") == 550
     assert send(postfix, "hello").accepted
-    service.stop()  # flushes the counters
+    # Postfix first (its smtpd processes may hold milter connections), then
+    # the milter, which flushes its counters on the way out
+    postfix.stop()
+    assert service.stop() == 0
     # When an admin runs `postwarden stat`
     out = subprocess.run(
         [*postwarden_argv(), "stat", "-c", str(config.path)],
