@@ -70,6 +70,15 @@ class RunResult:
     rate: float
     ok: bool
     error: str = ""
+    # CPU the milter process spent per timed message (user + system, all its
+    # threads): unlike the rate, barely moved by other load on the machine.
+    milter_cpu_ms: float | None = None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (proc(5): stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _log(text: str) -> None:
@@ -199,6 +208,7 @@ class Bench:
                       a.client, a.timeout, message_file)  # fmt: skip
                 self.sink.wait_for(warm, a.timeout)
             self.sink.clear()
+            cpu_before = _cpu_seconds(service.pid) if service is not None else 0.0
             start = time.monotonic()
             error = ""
             client_seconds = float("nan")
@@ -211,6 +221,9 @@ class Bench:
                 error = str(exc).splitlines()[0]
             seconds = time.monotonic() - start
             delivered = self.sink.count
+            cpu_ms = None
+            if service is not None and delivered:
+                cpu_ms = round(1000 * (_cpu_seconds(service.pid) - cpu_before) / delivered, 3)
             if not error:
                 error = self.check_delivered(config, service, delivered)
             return RunResult(
@@ -223,6 +236,7 @@ class Bench:
                 rate=round(delivered / seconds, 1) if seconds > 0 else 0.0,
                 ok=not error and delivered == a.messages,
                 error=error,
+                milter_cpu_ms=cpu_ms,
             )
         finally:
             postfix.stop()
@@ -256,8 +270,10 @@ def summarize(results: Sequence[RunResult], configs: Sequence[str]) -> dict[str,
             if config in rounds and "none" in rounds
             and rounds[config].ok and rounds["none"].ok and rounds["none"].rate > 0
         ]  # fmt: skip
+        cpu = [r.milter_cpu_ms for r in runs if r.milter_cpu_ms is not None]
         summary[config] = {
             "median_rate": round(statistics.median(r.rate for r in runs), 1) if runs else None,
+            "milter_cpu_ms": round(statistics.median(cpu), 3) if cpu else None,
             "ratio_to_none": round(statistics.median(ratios), 3) if ratios else None,
             "rounds_ok": len(runs),
         }
@@ -265,7 +281,7 @@ def summarize(results: Sequence[RunResult], configs: Sequence[str]) -> dict[str,
 
 
 def _table(summary: dict[str, object], results: Sequence[RunResult]) -> str:
-    lines = [f"{'config':<14} {'msgs/s':>8} {'ratio':>7}  rounds (msgs/s)"]
+    lines = [f"{'config':<14} {'msgs/s':>8} {'ratio':>7} {'cpu ms':>7}  rounds (msgs/s)"]
     for config, s in summary.items():
         assert isinstance(s, dict)
         rates = " ".join(
@@ -275,7 +291,8 @@ def _table(summary: dict[str, object], results: Sequence[RunResult]) -> str:
         )
         rate = "-" if s["median_rate"] is None else f"{s['median_rate']:.0f}"
         ratio = "-" if s["ratio_to_none"] is None else f"{s['ratio_to_none']:.2f}"
-        lines.append(f"{config:<14} {rate:>8} {ratio:>7}  {rates}")
+        cpu = "-" if s.get("milter_cpu_ms") is None else f"{s['milter_cpu_ms']:.2f}"
+        lines.append(f"{config:<14} {rate:>8} {ratio:>7} {cpu:>7}  {rates}")
     return "\n".join(lines)
 
 

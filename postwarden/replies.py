@@ -60,6 +60,10 @@ SERVICE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary local problem, please try a
 BUDGET_EXCEEDED = Reply(451, "4.3.0", "Message not checked in time, please try again later")
 # Message content.
 CONTENT_REJECTED = Reply(554, "5.7.1", "Message content rejected")
+# Attachments: 5.7.1 "delivery not authorized, message refused" (RFC 3463);
+# the milter puts the file name and the class (or the virus) in the text.
+ATTACHMENT_REJECTED = Reply(550, "5.7.1", "Message refused: attachment not allowed")
+VIRUS_REJECTED = Reply(550, "5.7.1", "Message refused: virus found")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 # SPF (RFC 7372 registers 5.7.23 for SPF validation failure; 4.4.3 is a DNS fault).
 SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")

@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from postwarden.cli.options import config_option, load_or_exit
 from postwarden.config.schema import OnError
+from postwarden.config.sections.ratelimit import Counts
 from postwarden.config.units import SocketAddress
 
 QUEUE_DIR = "/var/spool/postfix"
 # Postfix's default, printed explicitly: every milter `budget` stays below it
 # with a margin (the schema caps budget at 250s).
 POSTFIX_CONTENT_TIMEOUT = 300
+# Postfix's default, printed explicitly (or request_timeout + the margin,
+# if longer): Postfix must wait longer than policyd takes to answer.
+POSTFIX_POLICY_TIMEOUT = 100
+POLICY_TIMEOUT_MARGIN = 10
+# Postfix 3.7's default macro lists (postconf -d; a test compares them with
+# the installed Postfix). The printed lists are these plus what the milters
+# read, so other milters of a site keep theirs.
+POSTFIX_DEFAULT_MACROS = {
+    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
+    "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    "milter_mail_macros": (
+        "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}"
+    ),
+    "milter_end_of_data_macros": "i",
+}
 
 
-# Macros the milters read (milters/adapter.py): the queue ID, the SASL login,
-# which smtpd (daemon_name tells submission from port 25) and the client.
-# Postfix's defaults lack {client_addr} at connect; printed whole so the
-# lines do not depend on the installed defaults.
-MILTER_CONNECT_MACROS = "j {daemon_name} {daemon_addr} {client_addr} {client_name} v _"
-MILTER_MAIL_MACROS = (
-    "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}"
-)
+def macro_lines() -> list[str]:
+    """`milter_*_macros = ...` for every stage whose macros the milters read."""
+    from milters.adapter import MACRO_PARAMETERS, MACROS
+
+    lines = []
+    for stage, parameter in MACRO_PARAMETERS.items():
+        names = POSTFIX_DEFAULT_MACROS.get(parameter, "").split()
+        names += [m for m in MACROS[stage] if m not in names]
+        lines.append(f"{parameter} = {' '.join(names)}")
+    return lines
 
 
 def postfix_socket(sock: SocketAddress, chroot: bool, queue_dir: str = QUEUE_DIR) -> str:
@@ -72,8 +92,10 @@ def postfix_config(config_file: str | None, chroot: bool, queue_dir: str) -> Non
         # Each milter decides within its `budget`; Postfix must wait longer,
         # or its own timeout (and milter_default_action) would decide.
         click.echo(f"milter_content_timeout = {POSTFIX_CONTENT_TIMEOUT}s")
-        click.echo(f"milter_connect_macros = {MILTER_CONNECT_MACROS}")
-        click.echo(f"milter_mail_macros = {MILTER_MAIL_MACROS}")
+        # What the milters read: client address and name, daemon name, SASL
+        # login, queue ID (Postfix's defaults leave out {client_addr}).
+        for line in macro_lines():
+            click.echo(line)
     p = settings.policyd
     if p.enabled:
         if p.socket.kind == "unix" and p.socket.path.startswith(queue_dir + "/"):
@@ -89,14 +111,17 @@ def postfix_config(config_file: str | None, chroot: bool, queue_dir: str) -> Non
         # One policy reply carries one PREPEND; headers a message still owes
         # (e.g. X-Greylist behind Received-SPF) go out at DATA.
         click.echo(f"smtpd_data_restrictions = check_policy_service {target}")
-        if p.ratelimit.enabled and any(r.count.value == "bytes" for r in p.ratelimit.rules):
-            # Message size is known only at END-OF-MESSAGE.
+        # policyd answers within request_timeout, below Postfix's wait.
+        wait = max(
+            POSTFIX_POLICY_TIMEOUT, math.ceil(float(p.request_timeout)) + POLICY_TIMEOUT_MARGIN
+        )
+        click.echo(f"smtpd_policy_service_timeout = {wait}s")
+        # Byte limits are counted at END-OF-MESSAGE, where `size` is known
+        # (SMTPD_POLICY_README); every other check decides at RCPT or DATA.
+        if p.ratelimit.enabled and any(r.count is Counts.BYTES for r in p.ratelimit.rules):
             click.echo(f"smtpd_end_of_data_restrictions = check_policy_service {target}")
         click.echo("# Postfix's own default when the policy service is down is 451 4.3.5;")
         click.echo("# default_action above makes it match policyd.on_error.")
-        # policyd answers within request_timeout; Postfix must wait longer.
-        wait = max(100, int(p.request_timeout) + 10)
-        click.echo(f"smtpd_policy_service_timeout = {wait}s")
         click.echo("# (policy_time_limit applies only to policy services spawn(8) starts;")
         click.echo("#  postwarden's policyd is its own daemon, so it is not needed.)")
     listening = [str(milters[n].socket) for n in served]
