@@ -86,3 +86,7 @@ SENDER_LOGIN_MISMATCH = Reply(553, "5.7.1", "Sender address not owned by login")
 CATALOGUE: dict[str, Reply] = {
     name: value for name, value in globals().items() if isinstance(value, Reply)
 }
+
+# Spam milter (milters/spam/actions.py): the score goes into the text.
+SPAM_REJECT = Reply(550, "5.7.1", "Message rejected as spam")
+SPAM_GREYLIST = Reply(451, "4.7.1", "Greylisted, please try again later")

@@ -73,3 +73,26 @@ class StatBuffer:
             self.give_back(counts)
             return False
         return True
+
+
+# Actions a milter verdict can have (milters.message.Action values), in the
+# order `postwarden stat` lists them, as `rspamc stat` does.
+MILTER_ACTIONS = ("accept", "add_header", "rewrite_subject", "greylist", "tempfail",
+                  "quarantine", "reject", "discard")  # fmt: skip
+
+
+def milter_action_shares(counters: dict[str, int]) -> dict[str, list[tuple[str, int, float]]]:
+    """Per milter with a `milter.NAME.scanned` counter: (action, count, share of
+    scanned) for every action, zeros included, like `rspamc stat`."""
+    out: dict[str, list[tuple[str, int, float]]] = {}
+    for key, scanned in sorted(counters.items()):
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "milter" or parts[2] != "scanned":
+            continue
+        name = parts[1]
+        rows = []
+        for action in MILTER_ACTIONS:
+            n = counters.get(f"milter.{name}.{action}", 0)
+            rows.append((action, n, n / scanned if scanned else 0.0))
+        out[name] = rows
+    return out

@@ -9,6 +9,7 @@ import click
 
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.errors import StoreUnavailable
+from postwarden.stats import milter_action_shares
 from postwarden.store.client import open_configured_store, unavailable_on_error
 from postwarden.supervisor import read_status
 
@@ -46,6 +47,10 @@ def stat(config_file: str | None, as_json: bool) -> None:
     width = max((len(k) for k in counters), default=0)
     for name, value in counters.items():
         click.echo(f"{name:<{width}}  {value}")
+    for milter, rows in milter_action_shares(counters).items():
+        click.echo(f"\nmilter {milter}: {counters[f'milter.{milter}.scanned']} messages scanned")
+        for action, n, share in rows:
+            click.echo(f"  Messages with action {action}: {n}, {share:.2%}")
 
 
 def supervisor_counters(state_dir: str) -> dict[str, int]:

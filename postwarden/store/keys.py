@@ -65,6 +65,11 @@ class Keys:
     def dkim_key_record(self, name: str) -> str:
         return f"{self.prefix}dkimkey:v1:{digest(name.lower())}"
 
+    # -- DNSBL/URIBL answers (milters/spam/dnsbl.py); TTL the answer's own,
+    # capped by milters.spam.dnsbl.cache_ttl_max (cache_ttl_negative if unlisted).
+    def dnsbl_answer(self, qname: str) -> str:
+        return f"{self.prefix}dnsbl:v1:{digest(qname.lower())}"
+
     # -- counters for `postwarden stat`; STAT_TTL
     def stat(self, name: str) -> str:
         return f"{self.prefix}stat:{name}"

@@ -1,0 +1,333 @@
+"""The spam milter: scan speed, Postfix throughput, and detection on the corpus.
+
+Three parts (`--part scan|postfix|detect|all`), each checked before it prints:
+
+- `scan`: every message of ../shared/corpus (3,250) through the same path
+  as `postwarden scan` (milters.pipeline.scan, spam milter only, local
+  checks: DNS lists off), timed in CPU seconds of this process
+  (time.process_time, all threads). Every message must get a spam verdict
+  with a score. Goal: >= 400 msgs per CPU-second.
+- `postfix`: messages/s through a private Postfix with the spam milter vs
+  Postfix alone, interleaved rounds as bench/throughput.py (its client, timing
+  and summary). The milter runs with the shipped defaults except: DNS lists
+  asked through a local DNS server that answers every query (NXDOMAIN, as
+  for unlisted names), greylisting off (a benchmark cannot retry), and
+  `trusted_networks: []` so the loopback client is scored as inbound. Every
+  delivered message must carry X-Spam-Score. Goal: ratio >= 0.60.
+- `detect`: a FIXED split of the corpus, the one bench/accuracy.py (Bayes)
+  uses, so the figures can be read side by side: a message is in the TEST
+  set when blake2b-64(its file name) mod 100 < 30 (958 of 3,250).
+  The rules alone (no Bayes, no DNS), scored with the clock set to
+  2002-12-01 (the corpus' time, so dates are judged as when it was
+  received): spam recall and ham false-positive rate at the add_header
+  threshold (6.0), and ROC AUC of the score.
+
+    .venv/bin/python -m bench.spam --part scan
+    sudo .venv/bin/python -m bench.spam --part postfix --messages 1000 --rounds 3
+    .venv/bin/python -m bench.spam --part detect
+    .venv/bin/python -m bench.spam --part sa      # SpamAssassin rules on the same split
+
+`sa`: Debian's SpamAssassin on the same TEST set, rules only (use_bayes 0,
+network tests off: skip_rbl_checks, no Razor/Pyzor/DCC), through a private
+`spamd --local` and `spamc -R`; recall and FP at its required_score 5.0, and
+ROC AUC of its score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, summarize
+from milters import pipeline
+from milters.context import ServiceContext
+from milters.message import Envelope
+from postwarden.cli.scan import enabled_stages
+from postwarden.clock import ManualClock
+from postwarden.config.load import load_config_text
+from tests.fixtures.dnsserver import DnsServer
+from tests.harness.postfix import PostfixOptions
+from tests.harness.services import ServiceProcess, start_service, write_config
+
+CORPUS = (
+    Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
+)
+CORPUS_TIME = 1_038_700_800.0  # 2002-12-01T00:00:00Z
+TEST_PERCENT = 30  # blake2b-64(file name) mod 100 < 30: the test set (as bench/accuracy.py)
+ONLY_SPAM = {"milters": {n: {"enabled": n == "spam"} for n in ("headers", "attachments", "dkim",
+                                                               "spam", "noop")}}  # fmt: skip
+
+
+def corpus(tmp: Path) -> list[tuple[str, str, bytes]]:
+    """(name in the tarball, "spam"|"ham", raw bytes) for every message."""
+    with tarfile.open(CORPUS) as tar:
+        tar.extractall(tmp, filter="data")
+    out = []
+    for f in sorted(tmp.rglob("*.eml")):
+        name = str(f.relative_to(tmp))
+        out.append((name, "spam" if "/spam/" in f"/{name}" else "ham", f.read_bytes()))
+    if len(out) != 3250:
+        raise SystemExit(f"expected 3250 corpus messages, found {len(out)}")
+    return out
+
+
+def in_test_set(name: str) -> bool:
+    """`name` is the message's file name (no directory)."""
+    h = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return h % 100 < TEST_PERCENT
+
+
+def _service(extra: dict[str, Any], clock: ManualClock | None = None) -> ServiceContext:
+    doc = {"state_dir": "/nonexistent", "trusted_networks": [], **ONLY_SPAM}
+    doc["milters"]["spam"].update({"dnsbl": {"enabled": False}, **extra})  # type: ignore[index]
+    settings = load_config_text(yaml.safe_dump(doc))
+    return ServiceContext(settings, clock=clock) if clock else ServiceContext(settings)
+
+
+def scored(messages: Sequence[tuple[str, str, bytes]], service: ServiceContext,
+           ) -> list[tuple[str, float]]:  # fmt: skip
+    """(kind, score) per message through pipeline.scan; asserts each was scored."""
+    stages = enabled_stages(service)
+    assert [s.name for s in stages] == ["spam"], stages
+    runner = pipeline.Runner(service)
+    env = Envelope(mail_from="", recipients=("user@example.net",), queue_id="BENCH")
+    out = []
+    try:
+        for name, kind, raw in messages:
+            result = pipeline.scan(runner, stages, raw, env, name)
+            [r] = result.results
+            if r.outcome != "ok" or r.verdict.score is None:
+                raise SystemExit(f"{name}: not scored ({r.outcome} {r.error})")
+            out.append((kind, r.verdict.score))
+    finally:
+        runner.close()
+    return out
+
+
+def part_scan(tmp: Path) -> dict[str, Any]:
+    messages = corpus(tmp / "corpus")
+    service = _service({"thresholds": {"greylist": None}})
+    scored(messages[:50], service)  # warm-up: imports, caches
+    t0, w0 = time.process_time(), time.monotonic()
+    results = scored(messages, service)
+    cpu, wall = time.process_time() - t0, time.monotonic() - w0
+    assert len(results) == len(messages)
+    return {"messages": len(results), "cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 3),
+            "msgs_per_cpu_second": round(len(results) / cpu, 1), "goal": 400}  # fmt: skip
+
+
+def roc_auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """Probability that a random spam scores above a random ham (ties count half)."""
+    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        avg = (i + j + 1) / 2  # 1-based average rank of the tie group
+        rank_sum += avg * sum(1 for k in range(i, j) if ranked[k][1] == 1)
+        i = j
+    n_pos, n_neg = len(pos), len(neg)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def part_detect(tmp: Path) -> dict[str, Any]:
+    messages = [m for m in corpus(tmp / "corpus") if in_test_set(Path(m[0]).name)]
+    service = _service({"thresholds": {"greylist": None}}, ManualClock(CORPUS_TIME))
+    results = scored(messages, service)
+    threshold = float(service.settings.milters.spam.thresholds.add_header or 6.0)
+    spam = [s for k, s in results if k == "spam"]
+    ham = [s for k, s in results if k == "ham"]
+    assert spam and ham
+    return {
+        "split": f"blake2b-64(file name) mod 100 < {TEST_PERCENT}",
+        "test_spam": len(spam), "test_ham": len(ham), "threshold": threshold,
+        "spam_recall": round(sum(s >= threshold for s in spam) / len(spam), 4),
+        "ham_fp_rate": round(sum(s >= threshold for s in ham) / len(ham), 4),
+        "roc_auc": round(roc_auc(spam, ham), 4),
+    }  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def part_sa(tmp: Path) -> dict[str, Any]:
+    import shutil
+    import socket
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    for tool in ("spamd", "spamc"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install spamassassin spamc")
+    messages = [m for m in corpus(tmp / "corpus") if in_test_set(Path(m[0]).name)]
+    tmp.chmod(0o755)  # spamd's children run as nobody
+    tmp.parent.chmod(0o755)
+    site = tmp / "sa-site"
+    site.mkdir(mode=0o755)
+    for pre in Path("/etc/spamassassin").glob("*.pre"):
+        shutil.copy(pre, site / pre.name)
+    (site / "local.cf").write_text("use_bayes 0\nskip_rbl_checks 1\nuse_razor2 0\nuse_pyzor 0\n"
+                                   "use_dcc 0\nrequired_score 5.0\n")  # fmt: skip
+    home = tmp / "sa-home"
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    port = _free_port()
+    spamd = subprocess.Popen(
+        ["spamd", "--local", "--listen", f"127.0.0.1:{port}", "--max-children", "2",
+         "--siteconfigpath", str(site), "--helper-home-dir", str(home), "--nouser-config",
+         "--pidfile", str(tmp / "spamd.pid"), *(["-u", "nobody"] if os.geteuid() == 0 else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if spamd.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("spamd did not start") from None
+                time.sleep(0.2)  # readiness poll, not a measurement
+
+        def score(raw: bytes) -> float:
+            out = subprocess.run(["spamc", "-d", "127.0.0.1", "-p", str(port), "-R", "-x"],
+                                 input=raw, capture_output=True, check=False)  # fmt: skip
+            text = out.stdout.decode(errors="replace")
+            if "/" not in text.split("\n", 1)[0]:
+                raise SystemExit(f"spamc failed ({out.returncode}): {out.stderr[:200]!r}")
+            return float(text.split("/", 1)[0])
+
+        with ThreadPoolExecutor(2) as pool:
+            scores = list(pool.map(score, [raw for _, _, raw in messages]))
+    finally:
+        spamd.terminate()
+        spamd.wait(30)
+    spam = [s for (_, k, _), s in zip(messages, scores, strict=True) if k == "spam"]
+    ham = [s for (_, k, _), s in zip(messages, scores, strict=True) if k == "ham"]
+    assert len(spam) + len(ham) == len(messages)
+    return {
+        "split": f"blake2b-64(file name) mod 100 < {TEST_PERCENT}",
+        "tool": "SpamAssassin rules only (use_bayes 0, network tests off)",
+        "test_spam": len(spam), "test_ham": len(ham), "threshold": 5.0,
+        "spam_recall": round(sum(s >= 5.0 for s in spam) / len(spam), 4),
+        "ham_fp_rate": round(sum(s >= 5.0 for s in ham) / len(ham), 4),
+        "roc_auc": round(roc_auc(spam, ham), 4),
+    }  # fmt: skip
+
+
+class SpamBench(Bench):
+    """bench/throughput.py's Bench with `spam` in place of the noop milter."""
+
+    def __init__(self, args: argparse.Namespace, nameserver: str) -> None:
+        super().__init__(args)
+        self.nameserver = nameserver
+        self.stamped: tuple[int, int] = (0, 0)
+        clear: Callable[[], None] = self.sink.clear
+
+        def counting_clear() -> None:
+            msgs = self.sink.messages
+            self.stamped = (sum(1 for m in msgs if m.header("X-Spam-Score")), len(msgs))
+            clear()
+
+        self.sink.clear = counting_clear  # type: ignore[method-assign]
+        self._milter: ServiceProcess | None = None
+
+    def _options(self, config: str) -> tuple[PostfixOptions, ServiceProcess | None]:
+        extra = dict(kv.split("=", 1) for kv in self.args.main_cf)
+        options = PostfixOptions(relayhost=self.sink.relayhost, main_cf=extra)
+        if config != "spam":
+            return options, None
+        cfg_dir = self.work / "cfg-spam"
+        socket_dir = self.work / "sock-spam"
+        socket_dir.mkdir(mode=0o755, exist_ok=True)
+        config_file = write_config(cfg_dir, socket_dir, self.redis.socket, milters=("spam",),
+            overrides={"log": {"level": "error"}, "trusted_networks": [],
+                       "dns": {"nameservers": [self.nameserver], "timeout": "2s"},
+                       "milters": {"spam": {"thresholds": {"greylist": None}}}})  # fmt: skip
+        cfg_dir.chmod(0o755)
+        self._milter = start_service(config_file, "milter", "spam", log_dir=cfg_dir)
+        options.smtpd_milters = [config_file.socket("spam")]
+        options.milter_default_action = "tempfail"  # a failing milter shows as lost mail
+        return options, None
+
+    def run_one(self, config: str, round_no: int) -> RunResult:
+        try:
+            result = super().run_one(config, round_no)
+        finally:
+            if self._milter is not None:
+                self._milter.stop()
+                self._milter = None
+        stamped, total = self.stamped
+        if config == "spam" and result.ok and stamped != total:
+            error = f"only {stamped}/{total} carry X-Spam-Score"
+            return dataclasses.replace(result, ok=False, error=error)
+        return result
+
+
+def part_postfix(args: argparse.Namespace) -> int:
+    configs = ("none", "spam")
+    results: list[RunResult] = []
+    started = time.monotonic()
+    with DnsServer({}) as dns, SpamBench(args, dns.nameserver) as bench:
+        for round_no in range(1, args.rounds + 1):
+            order = configs if round_no % 2 else configs[::-1]
+            for config in order:
+                result = bench.run_one(config, round_no)
+                results.append(result)
+                _log(f"round {round_no} {config:<6} {result.rate:8.1f} msgs/s"
+                     f" ({result.delivered}/{result.messages} in {result.seconds:.2f}s)"
+                     + (f" ERROR {result.error}" if result.error else ""))  # fmt: skip
+    summary = summarize(results, configs)
+    return report("spam", None, args, {"part": "postfix"}, started, summary, results)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="spam milter: scan speed, Postfix ratio, detection")
+    ap.add_argument("--part", choices=("scan", "postfix", "detect", "sa", "all"), default="all")
+    ap.add_argument("--messages", type=int, default=1000, help="postfix: messages per run")
+    ap.add_argument("--sessions", type=int, default=10, help="postfix: SMTP sessions (10)")
+    ap.add_argument("--size", type=int, default=1024, help="postfix: message size (1024)")
+    ap.add_argument("--rounds", type=int, default=3, help="postfix: rounds; median shown (3)")
+    ap.add_argument("--warmup", type=int, default=50, help="postfix: untimed messages first")
+    ap.add_argument("--client", choices=("smtp-source", "python"),
+                    default="smtp-source" if SMTP_SOURCE else "python")  # fmt: skip
+    ap.add_argument("--timeout", type=float, default=300.0, help="postfix: deadline per run")
+    ap.add_argument("--main-cf", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--json", type=Path, help="postfix: also write the JSON result here")
+    args = ap.parse_args(argv)
+    status = 0
+    with tempfile.TemporaryDirectory(prefix="pw-bench-spam-") as tmpdir:
+        tmp = Path(tmpdir)
+        if args.part in ("scan", "all"):
+            print(json.dumps({"part": "scan", **part_scan(tmp / "scan")}))
+        if args.part in ("detect", "all"):
+            print(json.dumps({"part": "detect", **part_detect(tmp / "detect")}))
+        if args.part == "sa":
+            print(json.dumps({"part": "sa", **part_sa(tmp / "sa")}))
+    if args.part in ("postfix", "all"):
+        if os.geteuid() != 0:
+            ap.error("Postfix instances need root")
+        status = part_postfix(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
