@@ -5,7 +5,8 @@ directory of message files, an mbox file, or `-` for one message on stdin.
 Prints a summary (learned, already known, relearned as the other class,
 skipped with the reason). Exit status: 0 when every message was handled,
 EX_DATAERR (65) when something was skipped, EX_UNAVAILABLE (69) when Redis
-is away, EX_CONFIG (78) for a bad config.
+is away, EX_NOPERM (77) when a Redis ACL forbids a command,
+EX_CONFIG (78) for a bad config.
 
 `--user` picks the user's own statistics when `milters.spam.bayes.per_user`
 is on (contrib/dovecot passes Dovecot's authenticated user name); with
@@ -20,6 +21,7 @@ import json
 import sys
 
 import click
+import redis
 
 from postwarden.bayes import learning
 from postwarden.bayes.sources import iter_paths
@@ -30,6 +32,7 @@ from postwarden.errors import StoreUnavailable
 from postwarden.store.client import Store, open_configured_store
 
 EX_DATAERR = 65
+EX_NOPERM = 77
 PROGRESS_EVERY = 500
 
 
@@ -70,6 +73,11 @@ def _run(
     except StoreUnavailable as exc:
         click.echo(f"postwarden learn: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
+    except redis.exceptions.NoPermissionError as exc:
+        # A Redis ACL user without the rights lua/bayes_learn.lua needs
+        # (contrib/dovecot/README.md lists them).
+        click.echo(f"postwarden learn: redis refused: {exc}", err=True)
+        sys.exit(EX_NOPERM)
     finally:
         store.close()
     if show_progress and last[0]:
