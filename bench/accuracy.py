@@ -147,7 +147,9 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
 # -- postwarden ---------------------------------------------------------------
 
 
-def bench_postwarden(split: Split, work: Path, redis: EmbeddedRedis) -> tuple[Result, dict[str, float]]:  # fmt: skip
+def bench_postwarden(
+    split: Split, work: Path, redis: EmbeddedRedis
+) -> tuple[Result, dict[str, float]]:
     cfg = work / "pw.yaml"
     cfg.write_text(f'redis: {{url: "unix://{redis.socket}", prefix: "acc:"}}\n')
     exe = str(REPO / ".venv" / "bin" / "postwarden")
@@ -205,17 +207,18 @@ def bench_bogofilter(split: Split, work: Path) -> Result:
         files = sorted(str(p) for p in (split.root / cls).iterdir())
         for i in range(0, len(files), 500):
             run([exe, "-d", str(db), flag, "-B", *files[i : i + 500]])
-    scores, flagged = [], []
-    by_path = {}
+    scores: list[tuple[bool, float]] = []
+    flagged: list[bool] = []
+    by_path: dict[str, tuple[str, float]] = {}
     files = [str(m.path) for m in split.test]
     for i in range(0, len(files), 500):
         out = run([exe, "-d", str(db), "-T", "-B", *files[i : i + 500]], check=False)
         for line in out.stdout.splitlines():
-            path, verdict, score = line.rsplit(" ", 2)
-            by_path[path] = (verdict, float(score))
+            path, verdict, spamicity = line.rsplit(" ", 2)
+            by_path[path] = (verdict, float(spamicity))
     for m in split.test:
-        verdict, score = by_path[str(m.path)]
-        scores.append((m.spam, score))
+        verdict, value = by_path[str(m.path)]
+        scores.append((m.spam, value))
         flagged.append(verdict == "S")
     return result("bogofilter", "spam_cutoff 0.99", scores, flagged, "Unsure = not spam")
 

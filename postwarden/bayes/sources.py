@@ -32,7 +32,7 @@ MAX_MESSAGE = 32 * 1024 * 1024
 MAX_LINE = 1024 * 1024
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,76}:")
 _MBOX_SEPARATOR = re.compile(
-    rb"^From \S+\s+(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct"
+    rb"From \S+\s+(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct"
     rb"|Nov|Dec) [ \d]\d \d\d:\d\d(?::\d\d)?(?: [+-]?\w+)? \d{4}"
 )
 
@@ -140,6 +140,7 @@ def is_maildir(path: Path) -> bool:
 def iter_maildir(path: Path) -> Iterator[Item]:
     """new/ and cur/ of one Maildir folder (not its subfolders: in Maildir++
     those are other mailboxes, like .Junk beside the inbox)."""
+    seen: set[str] = set()  # unique parts: a file moved new/ -> cur/ is read once
     for sub in ("new", "cur"):
         try:
             names = sorted(os.listdir(path / sub))
@@ -147,8 +148,10 @@ def iter_maildir(path: Path) -> Iterator[Item]:
             yield Skipped(str(path / sub), f"cannot list: {exc.strerror}")
             continue
         for name in names:
-            if name.startswith("."):
+            unique = name.split(":", 1)[0]
+            if name.startswith(".") or unique in seen:
                 continue
+            seen.add(unique)
             yield from _maildir_file(path, sub, name)
 
 
@@ -196,7 +199,12 @@ def iter_directory(path: Path) -> Iterator[Item]:
 
 def _read(path: Path) -> bytes | Skipped:
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return Skipped(str(path), "not a regular file")
+        with open(fd, "rb") as f:
             data = f.read(MAX_MESSAGE + 1)
             if len(data) > MAX_MESSAGE:
                 return Skipped(str(path), f"larger than {MAX_MESSAGE // (1024 * 1024)} MB")

@@ -117,7 +117,9 @@ def postwarden_for(uid: int, gid: int, root: Path, postwarden: str) -> str:
     shim.mkdir(exist_ok=True)
     (shim / "async_timeout.py").write_text("from asyncio import timeout  # noqa: F401\n")
     launcher = root / "postwarden"
-    launcher.write_text(f'#!/bin/sh\nPYTHONPATH={repo}:{site}:{shim} exec {system} -m postwarden "$@"\n')
+    launcher.write_text(
+        f'#!/bin/sh\nPYTHONPATH={repo}:{site}:{shim} exec {system} -m postwarden "$@"\n'
+    )
     os.chmod(launcher, 0o755)
     make_traversable(shim)
     if not _runs_as(str(launcher), uid, gid):
@@ -161,9 +163,7 @@ def make_dovecot(root: Path, postwarden: str, learn_config: Path) -> DovecotInst
             for f in files:
                 os.chown(Path(dirpath) / f, uid, gid)
     make_traversable(root)
-    (root / "passwd").write_text(
-        f"{user}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{root}/home/{user}::\n"
-    )
+    (root / "passwd").write_text(f"{user}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{root}/home/{user}::\n")
     os.chmod(root / "passwd", 0o644)
     port = free_port()
     (root / "dovecot.conf").write_text(f"""

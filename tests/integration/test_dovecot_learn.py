@@ -46,7 +46,7 @@ def learn_redis(work: Path) -> Iterator[EmbeddedRedis]:
     os.chmod(server.socket, 0o777)
     make_traversable(Path(server.socket).parent)
     admin = redis.Redis(unix_socket_path=server.socket)
-    admin.execute_command(
+    admin.execute_command(  # type: ignore[no-untyped-call]
         "ACL", "SETUSER", "pwlearn", "on", f">{ACL_PASSWORD}", "resetkeys",
         f"~{PREFIX}bayes:*", "resetchannels", "-@all",
         "+evalsha", "+eval", "+script|load", "+script|exists", "+ping", "+hello",
@@ -74,10 +74,10 @@ def _message(n: int) -> bytes:
     ).encode()
 
 
-def _uid_of(imap: imaplib.IMAP4, n: int) -> bytes:
+def _uid_of(imap: imaplib.IMAP4, n: int) -> str:
     typ, data = imap.uid("SEARCH", "HEADER", "Message-ID", f"<m{n}@example.net>")
-    assert typ == "OK" and data[0], (typ, data)
-    return data[0].split()[0]
+    assert typ == "OK" and isinstance(data[0], bytes) and data[0], (typ, data)
+    return data[0].split()[0].decode()
 
 
 @pytest.fixture
