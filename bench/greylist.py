@@ -37,6 +37,7 @@ from bench.policyload import (
     LoadResult,
     policyd_config,
     rcpt_request,
+    require_all,
     run_load,
     start_policyd,
     stop,
@@ -78,7 +79,17 @@ def measure_postwarden(tmp: Path, stream: list[bytes], total: int) -> dict[int, 
     proc = start_policyd(cfg, sock, tmp / "postwarden.log")
     try:
         run_load(f"unix:{sock}", stream, 4, 500)  # warm-up: imports, script load
-        return {c: run_load(f"unix:{sock}", stream, c, total) for c in CONNECTIONS}
+        # Within the 5m delay every triplet is new or retried too early:
+        # every answer must be the greylisting DEFER_IF_PERMIT.
+        return {
+            c: require_all(
+                "postwarden greylist",
+                run_load(f"unix:{sock}", stream, c, total),
+                total,
+                "DEFER_IF_PERMIT",
+            )
+            for c in CONNECTIONS
+        }
     finally:
         stop(proc)
 
@@ -102,7 +113,12 @@ def measure_postgrey(tmp: Path, stream: list[bytes], total: int) -> dict[int, Lo
     try:
         wait_for_socket(sock, proc, 20.0)
         run_load(f"unix:{sock}", stream, 4, 500)
-        return {c: run_load(f"unix:{sock}", stream, c, total) for c in CONNECTIONS}
+        return {
+            c: require_all(
+                "postgrey", run_load(f"unix:{sock}", stream, c, total), total, "DEFER_IF_PERMIT"
+            )
+            for c in CONNECTIONS
+        }
     finally:
         stop(proc)
 

@@ -19,7 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.policyload import policyd_config, rcpt_request, run_load, start_policyd, stop
+from bench.policyload import (
+    policyd_config,
+    rcpt_request,
+    require_all,
+    run_load,
+    start_policyd,
+    stop,
+)
 
 FLOOR = """\
   access:
@@ -41,7 +48,12 @@ def measure_floor(tmp: Path, total: int, conns: tuple[int, ...] = (1, 8, 32)) ->
     try:
         requests = [rcpt_request(recipient=f"user{i}@example.net") for i in range(100)]
         run_load(target, requests, 4, 500)  # warm-up: imports, script loads
-        return {c: run_load(target, requests, c, total) for c in conns}
+        # Every answer must be DUNNO: the check ran and found nothing (an
+        # error or a fallback would answer faster and prove nothing).
+        return {
+            c: require_all("DUNNO floor", run_load(target, requests, c, total), total, "DUNNO")
+            for c in conns
+        }
     finally:
         stop(proc)
 

@@ -107,6 +107,40 @@ async def _run(target: str, requests: Sequence[bytes], connections: int, total: 
     return LoadResult(connections, done, elapsed, done / elapsed, p50, p99, sum(errors), actions)
 
 
+class BenchFailed(SystemExit):
+    """The server did not do the work being measured: no figure is printed."""
+
+
+def verbs(result: LoadResult) -> dict[str, int]:
+    """Actions seen, by verb in upper case (servers differ in case)."""
+    out: dict[str, int] = {}
+    for verb, n in result.actions.items():
+        out[verb.upper()] = out.get(verb.upper(), 0) + n
+    return out
+
+
+def require(label: str, result: LoadResult, total: int, expected: dict[str, int]) -> LoadResult:
+    """Fail the benchmark unless every request was answered without an error
+    and the answers are exactly `expected` (verb -> count)."""
+    sent = (total // result.connections) * result.connections
+    problems = []
+    if result.errors:
+        problems.append(f"{result.errors} requests failed")
+    if result.requests != sent:
+        problems.append(f"{result.requests} of {sent} requests answered")
+    if verbs(result) != expected:
+        problems.append(f"expected actions {expected}, got {verbs(result)}")
+    if problems:
+        raise BenchFailed(f"{label} (conns={result.connections}): " + "; ".join(problems))
+    return result
+
+
+def require_all(label: str, result: LoadResult, total: int, verb: str) -> LoadResult:
+    """`require` when every request must get the same verb."""
+    sent = (total // result.connections) * result.connections
+    return require(label, result, total, {verb: sent})
+
+
 def policyd_config(state: Path, sock: str | Path, policyd: str, extra: str = "") -> str:
     """A postwarden config for a policy benchmark: every milter off, warnings
     only, policyd on `sock`; `policyd` is YAML already indented under

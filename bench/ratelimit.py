@@ -46,12 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.policyd_floor import measure_floor
 from bench.policyload import (
+    BenchFailed,
     LoadResult,
     policyd_config,
     rcpt_request,
+    require_all,
     run_load,
     start_policyd,
     stop,
+    verbs,
     wait_for_socket,
 )
 
@@ -179,23 +182,32 @@ def requests_for(tag: str, n: int) -> list[bytes]:
     ]
 
 
-def enforces(server: Server, tmp: Path) -> dict[str, int]:
-    """Six requests from one login against limits of 3: actions seen."""
+def enforces(label: str, server: Server, tmp: Path) -> dict[str, int]:
+    """Six requests from one login against limits of 3: three accepted, three
+    refused (each server words its refusal its own way), or the run fails."""
     with running(server, 3, tmp) as target:
         reqs = [rcpt_request(sasl_username="solo", instance=f"s.{i}") for i in range(6)]
-        return run_load(target, reqs, 1, 6).actions
+        result = run_load(target, reqs, 1, 6)
+    seen = verbs(result)
+    accepted = seen.get("DUNNO", 0) + seen.get("OK", 0)
+    if result.errors or result.requests != 6 or accepted != 3:
+        raise BenchFailed(f"{label} does not enforce a limit of 3 in 6 requests: {seen}")
+    return seen
 
 
-def measure(server: Server, tmp: Path, total: int) -> dict[int, LoadResult | str]:
+def measure(label: str, server: Server, tmp: Path, total: int) -> dict[int, LoadResult | str]:
     """One result per connection count, or why the run failed."""
     out: dict[int, LoadResult | str] = {}
     with running(server, BIG, tmp) as target:
         run_load(target, requests_for("warm", 500), 4, 500)
         for c in CONNS:
             try:
-                out[c] = run_load(target, requests_for(f"c{c}", total), c, total)
+                result = run_load(target, requests_for(f"c{c}", total), c, total)
             except OSError as exc:  # e.g. a listen backlog too small for c clients
                 out[c] = f"failed: {exc!r}"
+                continue
+            # Limits far above the load: every request counted and answered DUNNO.
+            out[c] = require_all(label, result, total, "DUNNO")
     return out
 
 
@@ -214,13 +226,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pw-bench-rl-") as d:
         root = Path(d)
         for i, (label, server) in enumerate(servers.items()):
-            seen = enforces(server, root / f"check{i}")
+            seen = enforces(label, server, root / f"check{i}")
             print(f"{label:<28} enforces limit 3 of 6: {seen}")
         (root / "floor").mkdir()
         floor: dict[int, LoadResult] = measure_floor(root / "floor", args.requests, CONNS)  # type: ignore[assignment]
         results: dict[str, dict[int, LoadResult | str]] = {"DUNNO floor": dict(floor)}
         for i, (label, server) in enumerate(servers.items()):
-            results[label] = measure(server, root / f"run{i}", args.requests)
+            results[label] = measure(label, server, root / f"run{i}", args.requests)
     for label, by_conn in results.items():
         for c, r in by_conn.items():
             if isinstance(r, str):

@@ -92,6 +92,11 @@ class ServiceContext:
         """Report a problem found while building (a bad rule line, a missing key file)."""
         self.problems.append(ConfigProblem(file, line, key, message, severity))
 
+    def setting_problem(self, key: str, message: str, severity: str = "error") -> None:
+        """Report a problem with the setting at `key` (e.g. `milters.dkim.keys[0]`,
+        a key file that cannot be read), placed at the config line that set it."""
+        self.problems.append(self.settings.locations.problem(key, message, severity))
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()

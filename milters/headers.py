@@ -611,33 +611,40 @@ def build_from(settings: Settings, problems: list[ConfigProblem]) -> HeadersEngi
         return None
     fallback = FallbackWorker(float(s.fallback_timeout))
     key = "milters.headers"
+    # Each class of lines -> the setting its tables come from (Postfix's defaults).
     files = {
-        LineClass.HEADER: s.header_checks,
-        LineClass.MIME: s.header_checks if s.mime_header_checks is None else s.mime_header_checks,
+        LineClass.HEADER: "header_checks",
+        LineClass.MIME: "header_checks" if s.mime_header_checks is None else "mime_header_checks",
         LineClass.NESTED: (
-            s.header_checks if s.nested_header_checks is None else s.nested_header_checks
+            "header_checks" if s.nested_header_checks is None else "nested_header_checks"
         ),
-        LineClass.BODY: s.body_checks,
+        LineClass.BODY: "body_checks",
     }
     loaded: dict[str, Table] = {}
+    unreadable: set[str] = set()  # reported once, not once per class of lines
     tables: dict[LineClass, list[Table]] = {}
-    for cls, paths in files.items():
+    for cls, field_name in files.items():
         context = Context.BODY if cls is LineClass.BODY else Context.HEADER
         tables[cls] = []
-        for path in paths:
+        paths: tuple[str, ...] = getattr(s, field_name)
+        for i, path in enumerate(paths):
             dialect = (
                 Dialect.PCRE
                 if (path.endswith(".pcre") or s.table_type.value == "pcre")
                 else Dialect.REGEXP
             )
             spec = f"{dialect.value}:{path}"
+            if spec in unreadable:
+                continue
             if spec not in loaded:
                 try:
                     table = load_table(spec, fallback)
                 except OSError as exc:
-                    problems.append(
-                        ConfigProblem(path, 0, f"{key}.{cls.value}", f"cannot read: {exc.strerror}")
-                    )
+                    # At the config line naming the file (readable when the config loaded).
+                    problems.append(settings.locations.problem(
+                        f"{key}.{field_name}[{i}]", f"cannot read {path}: {exc.strerror}"
+                    ))  # fmt: skip
+                    unreadable.add(spec)
                     continue
                 loaded[spec] = table
                 for p in table.problems:
@@ -658,7 +665,7 @@ def build_from(settings: Settings, problems: list[ConfigProblem]) -> HeadersEngi
             senders = [re2.compile(p, ci) for p in spec_rule.senders]
             recipients = [re2.compile(p, ci) for p in spec_rule.recipients]
         except re2.error as exc:  # validate_node reports it at load; belt and braces
-            problems.append(ConfigProblem("config", 0, f"{key}.rules[{n}]", str(exc)))
+            problems.append(settings.locations.problem(f"{key}.rules[{n}].match", str(exc)))
             continue
         action_text = f"{spec_rule.action.strip()} {spec_rule.text}".strip()
         context = Context.BODY if spec_rule.body else Context.HEADER

@@ -24,7 +24,6 @@ from milters.context import ServiceContext
 from milters.pipeline import Runner, Stage
 from postwarden import metrics, sdnotify
 from postwarden.config import ConfigError, Settings, load_config
-from postwarden.config.errors import ConfigProblem
 from postwarden.errors import StoreUnavailable
 from postwarden.stats import FLUSH_INTERVAL
 
@@ -38,7 +37,7 @@ def build_stage(name: str, settings: Settings, service: ServiceContext) -> Stage
     spec = registry.specs().get(name)
     if spec is None:
         raise ConfigError(
-            [ConfigProblem("config", 0, f"milters.{name}", "no such milter in this version")]
+            [settings.locations.problem(f"milters.{name}", "no such milter in this version")]
         )
     service.problems.clear()
     before = service.settings
@@ -56,7 +55,7 @@ def build_stage(name: str, settings: Settings, service: ServiceContext) -> Stage
         raise ConfigError(errors)
     if engine is None:
         raise ConfigError(
-            [ConfigProblem("config", 0, f"milters.{name}.enabled", "milter is disabled")]
+            [settings.locations.problem(f"milters.{name}.enabled", "milter is disabled")]
         )
     return Stage(name, engine, settings.milters.by_name()[name])
 

@@ -7,7 +7,7 @@ the pipeline picks the first decisive one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from postwarden.replies import Reply
@@ -48,7 +48,6 @@ class Decision:
     text: str = ""
     reason: str = ""
     check: str = ""
-    extra_log: dict[str, str] = field(default_factory=dict)
 
     def action_line(self) -> str:
         """The value after `action=` that Postfix reads (SMTPD_POLICY_README)."""

@@ -13,77 +13,35 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
+from policyd.check import Builder, BuiltCheck, CheckContext
 from policyd.decision import DUNNO, Decision, Verb
-from policyd.protocol import PolicyRequest, ProtocolState
-from postwarden.clock import Clock
+from policyd.protocol import PolicyRequest
+from policyd.registry import specs
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
-from postwarden.stats import StatBuffer
 
 log = logging.getLogger("postwarden.policyd")
 
 
-@dataclass
-class CheckContext:
-    """What a check may use besides the request: no globals, all passed in.
-
-    `store` is a `postwarden.store.client.AsyncStore`; `resolver` a
-    `dns.asyncresolver.Resolver` built from `dns` settings (typed loosely so
-    pure checks can be tested with narrower stand-ins of the same shape).
-    """
-
-    settings: Settings
-    store: object
-    clock: Clock
-    resolver: object = None
-    # Per-process scratch space keyed by check name (e.g. per-instance caches).
-    state: dict[str, object] = field(default_factory=dict)
-    # Counters for `postwarden stat` (e.g. "greylist.deferred"); flushed in bulk.
-    stats: StatBuffer = field(default_factory=StatBuffer)
-
-
-CheckFn = Callable[[PolicyRequest, CheckContext], Awaitable[Decision | None]]
-
-RCPT_STATES = frozenset({ProtocolState.RCPT})
-
-
-@dataclass(frozen=True)
-class BuiltCheck:
-    """A check ready to run: its compiled settings live in `run`'s closure."""
-
-    name: str
-    run: CheckFn
-    mode: Mode = Mode.ENFORCE
-    states: frozenset[ProtocolState] = RCPT_STATES
-
-
-# A check module exposes `build(settings, problems) -> BuiltCheck | None`:
-# None when disabled; problems it can survive (a bad whitelist line) are
-# appended with severity "warning", fatal ones with severity "error".
-Builder = Callable[[Settings, list[ConfigProblem]], BuiltCheck | None]
-
-
 def builders() -> dict[str, Builder]:
-    """Name -> builder, for every check `policyd.order` may name."""
-    from policyd.checks import access, greylist, ratelimit, sender_login, spf
-
-    return {
-        "access": access.build,
-        "sender_login": sender_login.build,
-        "ratelimit": ratelimit.build,
-        "spf": spf.build,
-        "greylist": greylist.build,
-    }
+    """Name -> builder, for every check this version serves (from the registry)."""
+    return {name: spec.build for name, spec in specs().items()}
 
 
 def build_pipeline(settings: Settings, problems: list[ConfigProblem]) -> list[BuiltCheck]:
+    """The checks of `policyd.order`, built; problems go to `problems`."""
     table = builders()
     checks = []
-    for name in settings.policyd.order:
-        built = table[name](settings, problems)
+    for i, name in enumerate(settings.policyd.order):
+        build = table.get(name)
+        if build is None:  # a settings block without its check module
+            why = f"check {name!r} is not part of this version"
+            problems.append(settings.locations.problem(f"policyd.order[{i}]", why))
+            continue
+        built = build(settings, problems)
         if built is not None:
             checks.append(built)
     return checks

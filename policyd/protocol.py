@@ -150,12 +150,21 @@ def _to_int(value: str) -> int:
         return 0
 
 
+def unmapped(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, RFC 4291 section
+    2.5.5.2, what a dual-stack listener reports for an IPv4 client) as the
+    IPv4 address it is, so one client gets one key in every check."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def _to_ip(value: str) -> IPAddress | None:
     text = value.strip()
     if text.lower().startswith("ipv6:"):
         text = text[5:]
     try:
-        return ipaddress.ip_address(text)
+        return unmapped(ipaddress.ip_address(text))
     except ValueError:
         return None
 

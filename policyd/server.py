@@ -23,8 +23,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.decision import DUNNO, Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, evaluate
+from policyd.pipeline import evaluate
 from policyd.protocol import ParseError, PolicyRequest, RequestParser, format_action
 from postwarden import logs, metrics
 from postwarden.config.schema import OnError, Settings

@@ -1,6 +1,6 @@
 """Run the policy daemon in the foreground: `postwarden policyd`.
 
-Wires settings, store, resolver and checks into a PolicyServer, then handles
+Wires settings, store and checks into a PolicyServer, then handles
 signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config file and
 keeps the old one when the new one is invalid.
 """
@@ -12,17 +12,18 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable, Sequence
 
-from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline
+from policyd.check import BuiltCheck, CheckContext
+from policyd.pipeline import build_pipeline
 from policyd.server import PolicyServer
 from postwarden import metrics, sdnotify
 from postwarden.clock import SystemClock
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
-from postwarden.resolver import make_async_resolver
 from postwarden.stats import FLUSH_INTERVAL
 from postwarden.store import embedded
-from postwarden.store.client import AsyncStore, open_async_store
+from postwarden.store.client import AsyncStore, open_configured_async_store, uses_embedded
 
 log = logging.getLogger("postwarden.policyd")
 
@@ -40,19 +41,36 @@ def compile_checks(settings: Settings) -> list[BuiltCheck]:
     return checks
 
 
+def load_checks(config_path: str) -> tuple[Settings, list[BuiltCheck]]:
+    """Read the file and build its checks (blocking: file I/O, regex compiling)."""
+    settings = load_config(config_path)
+    return settings, compile_checks(settings)
+
+
+Loader = Callable[[str], tuple[Settings, list[BuiltCheck]]]
+Apply = Callable[[Settings, Sequence[BuiltCheck]], None]
+
+
+async def reload_config(config_path: str, apply: Apply, load: Loader = load_checks) -> bool:
+    """SIGHUP: load and compile on a worker thread, so requests keep flowing
+    meanwhile; apply the result on the loop, or keep the running config."""
+    try:
+        new, checks = await asyncio.to_thread(load, config_path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running config:\n%s", exc)
+        return False
+    apply(new, checks)
+    return True
+
+
 async def serve(config_path: str, settings: Settings) -> int:
     checks = compile_checks(settings)
     owned = None
-    socket_path = None
-    if settings.redis.url is None and settings.redis.sentinel is None:
-        socket_path, owned = embedded.ensure(settings.state_dir)
-    store = open_async_store(settings.redis, socket_path)
-    ctx = CheckContext(
-        settings=settings,
-        store=store,
-        clock=SystemClock(),
-        resolver=make_async_resolver(settings.dns),
-    )
+    if uses_embedded(settings):
+        # Starting redis-server polls until it answers: not on the event loop.
+        _, owned = await asyncio.to_thread(embedded.ensure, settings.state_dir)
+    store = open_configured_async_store(settings)
+    ctx = CheckContext(settings=settings, store=store, clock=SystemClock())
     server = PolicyServer(settings, checks, ctx)
     if settings.metrics.enabled and not os.environ.get(metrics.MULTIPROC_ENV):
         metrics.serve(settings.metrics.listen)  # alone; under `run` the supervisor serves
@@ -60,16 +78,12 @@ async def serve(config_path: str, settings: Settings) -> int:
     flusher = asyncio.create_task(_flush_stats(ctx, store))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
 
     def reload() -> None:
-        try:
-            new = load_config(config_path)
-            new_checks = compile_checks(new)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config:\n%s", exc)
-            return
-        ctx.resolver = make_async_resolver(new.dns)
-        server.reload(new, new_checks)
+        task = loop.create_task(reload_config(config_path, server.reload))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -80,6 +94,8 @@ async def serve(config_path: str, settings: Settings) -> int:
     finally:
         sdnotify.notify("STOPPING=1")
         log.info("policyd stopping")
+        for task in list(reloads):
+            task.cancel()
         await server.stop()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -87,7 +103,7 @@ async def serve(config_path: str, settings: Settings) -> int:
         await ctx.stats.flush_async(store.redis, store.keys)
         await store.close()
         if owned is not None:
-            owned.stop()
+            await asyncio.to_thread(owned.stop)
     return 0
 
 

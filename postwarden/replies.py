@@ -12,6 +12,20 @@ import re
 from dataclasses import dataclass, replace
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text fit for a reply or header: printable ASCII, one line, bounded.
+
+    Parts of replies come from the client (addresses, HELO) or the sender's
+    DNS (SPF explanations); a control character or newline there must not
+    reach Postfix, which ends a policy reply at the first newline
+    (SMTPD_POLICY_README).
+    """
+    if not (text.isascii() and text.isprintable()):
+        text = _UNPRINTABLE.sub(" ", text)
+    return text.strip()[:limit]
 
 
 @dataclass(frozen=True, slots=True)

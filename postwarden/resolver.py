@@ -7,7 +7,6 @@ point this at a DNS server they start on loopback.
 
 from __future__ import annotations
 
-import dns.asyncresolver
 import dns.resolver
 
 from postwarden.config.schema import DnsSettings
@@ -28,12 +27,5 @@ def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> No
 def make_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
     configure = not settings.nameservers
     resolver = dns.resolver.Resolver(configure=configure)
-    _configure(resolver, settings)
-    return resolver
-
-
-def make_async_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
-    configure = not settings.nameservers
-    resolver = dns.asyncresolver.Resolver(configure=configure)
     _configure(resolver, settings)
     return resolver

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from postwarden import metrics, sdnotify
@@ -36,21 +37,13 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0
 STOP_DEADLINE = 30.0
+CHECK_DEADLINE = 120.0  # `config check` on reload compiles every rule table
 
 
-def enabled_services(settings: Settings) -> list[tuple[str, ...]]:
-    services: list[tuple[str, ...]] = []
-    from milters.registry import specs
-
-    available = specs()
-    for name, m in settings.milters.by_name().items():
-        if m.enabled and name in available:
-            services.append(("milter", name))
-        elif m.enabled:
-            log.info("milter %s is enabled but not part of this version; not started", name)
-    if settings.policyd.enabled:
-        services.append(("policyd",))
-    return services
+# Settings -> the services to run, as `postwarden` arguments (("milter", "headers"),
+# ("policyd",)). The CLI passes it in: which milters exist is the services'
+# business, and the core imports no service.
+ServiceList = Callable[[Settings], list[tuple[str, ...]]]
 
 
 @dataclass
@@ -71,6 +64,7 @@ class Child:
 class Supervisor:
     config_path: str
     settings: Settings
+    enabled_services: ServiceList
     children: dict[tuple[str, ...], Child] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     _stop: bool = False
@@ -106,7 +100,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        for service in enabled_services(s):
+        for service in self.enabled_services(s):
             child = Child(service)
             self.children[service] = child
             self.start_child(child)
@@ -157,19 +151,36 @@ class Supervisor:
             )
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
 
-    def reload(self) -> None:
-        from postwarden.cli.config import service_problems
-
+    def validate(self) -> Settings | None:
+        """The new config if `postwarden config check` (what every service will
+        load and build) accepts it, else None with its problems logged."""
         try:
-            new = load_config(self.config_path)
-            problems = [p for p in service_problems(new) if p.severity == "error"]
-            if problems:
-                raise ConfigError(problems)
-        except ConfigError as exc:
+            check = subprocess.run(
+                [sys.executable, "-m", "postwarden", "config", "check", "-c", self.config_path],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=CHECK_DEADLINE,
+            )
+        except subprocess.TimeoutExpired:
+            log.error("reload refused: config check took over %.0fs", CHECK_DEADLINE)
+            return None
+        if check.returncode != 0:
+            log.error("reload refused, services keep the running config:\n%s", check.stderr.strip())
+            return None
+        try:
+            return load_config(self.config_path)
+        except ConfigError as exc:  # changed again since the check
             log.error("reload refused, services keep the running config:\n%s", exc)
+            return None
+
+    def reload(self) -> None:
+        new = self.validate()
+        if new is None:
             return
         self.settings = new
-        wanted = set(enabled_services(new))
+        wanted = set(self.enabled_services(new))
         for service in list(self.children):
             if service not in wanted:
                 child = self.children.pop(service)

@@ -14,9 +14,10 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest
+from postwarden.addresses import address_matcher
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.access import AccessRule
@@ -56,20 +57,6 @@ def parse_action(text: str) -> Decision:
     return Decision(verb, text=rest)
 
 
-def _address_matcher(pattern: str) -> Callable[[str], bool]:
-    p = pattern.lower()
-    if p.startswith("@"):
-        return lambda addr: addr.lower().rpartition("@")[2] == p[1:]
-    if "@" in p:
-        return lambda addr: addr.lower() == p
-
-    def domain_or_sub(addr: str) -> bool:
-        d = addr.lower().rpartition("@")[2]
-        return d == p or d.endswith("." + p)
-
-    return domain_or_sub
-
-
 @dataclass(frozen=True)
 class _Rule:
     index: int
@@ -80,10 +67,10 @@ class _Rule:
 def _compile(rule: AccessRule, index: int) -> _Rule:
     matchers: list[Callable[[PolicyRequest], bool]] = []
     if rule.sender is not None:
-        m_s = _address_matcher(rule.sender)
+        m_s = address_matcher(rule.sender)
         matchers.append(lambda r: m_s(r.sender))
     if rule.recipient is not None:
-        m_r = _address_matcher(rule.recipient)
+        m_r = address_matcher(rule.recipient)
         matchers.append(lambda r: m_r(r.recipient))
     if rule.client_address is not None:
         net = ipaddress.ip_network(rule.client_address, strict=False)
@@ -103,7 +90,9 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         try:
             rules.append(_compile(rule, i))
         except ValueError as exc:
-            problems.append(ConfigProblem("config", 0, f"policyd.access.rules[{i}]", str(exc)))
+            problems.append(
+                settings.locations.problem(f"policyd.access.rules[{i}].action", str(exc))
+            )
     compiled = tuple(rules)
 
     async def run(req: PolicyRequest, ctx: CheckContext) -> Decision | None:
@@ -113,3 +102,11 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return None
 
     return BuiltCheck(NAME, run, cfg.mode, RCPT_STATES)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=10,
+    description="static allow/deny rules, like a Postfix access(5) table",
+)

@@ -49,10 +49,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import RCPT_STATES, BuiltCheck, CheckContext
-from policyd.protocol import IPAddress, PolicyRequest
+from policyd.protocol import IPAddress, PolicyRequest, unmapped
+from postwarden.addresses import domain_listed
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.greylist import (
     ClientPattern,
@@ -169,8 +171,7 @@ def _unbatv(local: str) -> str:
 
 def client_network(ip: IPAddress, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """The triplet's client part: the address's /24 (IPv4) or /64 (IPv6) by default."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmapped(ip)  # requests come unmapped; addresses typed at the CLI may not
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
@@ -292,14 +293,19 @@ def read_list(
 
 
 def _read_file(
-    path: str, key: str, parse: Callable[[str], P], problems: list[ConfigProblem]
+    path: str,
+    key: str,
+    parse: Callable[[str], P],
+    problems: list[ConfigProblem],
+    where: Locations,
 ) -> list[P]:
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        problems.append(ConfigProblem(path, 0, key, f"cannot read: {exc.strerror}"))
+        # At the config line naming the file (it was readable when the config loaded).
+        problems.append(where.problem(key, f"cannot read {path}: {exc.strerror}"))
         return []
-    return read_list(text, path, key, parse, problems)
+    return read_list(text, path, key.rpartition("[")[0], parse, problems)
 
 
 def default_whitelist_text() -> str:
@@ -308,21 +314,25 @@ def default_whitelist_text() -> str:
 
 
 def load_whitelists(
-    g: GreylistSettings, problems: list[ConfigProblem]
+    settings: Settings, problems: list[ConfigProblem]
 ) -> tuple[ClientWhitelist, RecipientWhitelist]:
+    g = settings.policyd.greylist
+    where = settings.locations
     key = "policyd.greylist"
     clients: list[ClientPattern] = []
     if g.use_default_whitelist:
         clients += read_list(default_whitelist_text(), f"policyd/data/{DEFAULT_WHITELIST}",
                              f"{key}.use_default_whitelist", client_pattern, problems)  # fmt: skip
-    for path in g.whitelist_clients_files:
-        clients += _read_file(path, f"{key}.whitelist_clients_files", client_pattern, problems)
+    for i, path in enumerate(g.whitelist_clients_files):
+        clients += _read_file(
+            path, f"{key}.whitelist_clients_files[{i}]", client_pattern, problems, where
+        )
     # Inline entries were validated with the config (errors there).
     clients += [client_pattern(t) for t in g.whitelist_clients]
     recipients: list[RecipientPattern] = []
-    for path in g.whitelist_recipients_files:
+    for i, path in enumerate(g.whitelist_recipients_files):
         recipients += _read_file(
-            path, f"{key}.whitelist_recipients_files", recipient_pattern, problems
+            path, f"{key}.whitelist_recipients_files[{i}]", recipient_pattern, problems, where
         )
     recipients += [recipient_pattern(t) for t in g.whitelist_recipients]
     return ClientWhitelist(clients), RecipientWhitelist(recipients, g.recipient_delimiter)
@@ -334,11 +344,6 @@ def load_whitelists(
 def _fill(template: str, values: dict[str, str]) -> str:
     """postgrey's %-placeholders; unknown ones and %% are left alone."""
     return re.sub(r"%([a-z])", lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def _domain_listed(domain: str, listed: frozenset[str]) -> bool:
-    labels = domain.split(".")
-    return any(".".join(labels[i:]) in listed for i in range(len(labels)))
 
 
 @dataclass(frozen=True)
@@ -369,7 +374,7 @@ def _skip_reason(c: _Compiled, req: PolicyRequest, ip: IPAddress, ctx: CheckCont
         return f"whitelisted {why}"
     if (
         c.spf_domains
-        and _domain_listed(req.sender_domain, c.spf_domains)
+        and domain_listed(req.sender_domain, c.spf_domains)
         and spf_mailfrom_result(ctx, req, ip) == "pass"
     ):
         return f"SPF pass for {req.sender_domain}"
@@ -430,8 +435,6 @@ async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decisio
         log.info("greylist: no %s in the request (client=%r); not greylisting",
                  missing, req.client_address_raw)  # fmt: skip
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     skip = _skip_reason(c, req, ip, ctx)
     if skip:
         log.debug("greylist: pass (%s)", skip)
@@ -483,16 +486,17 @@ async def decide(c: _Compiled, req: PolicyRequest, ctx: CheckContext) -> Decisio
 
 def compile_settings(settings: Settings, problems: list[ConfigProblem]) -> _Compiled:
     g = settings.policyd.greylist
-    clients, recipients = load_whitelists(g, problems)
+    clients, recipients = load_whitelists(settings, problems)
     spf_domains = frozenset(d.lower().strip(".") for d in g.spf_pass_domains)
     if spf_domains:
         order = settings.policyd.order
         spf_first = "spf" in order and order.index("spf") < order.index(NAME)
         if not settings.policyd.spf.enabled or not spf_first:
-            problems.append(ConfigProblem(
-                "config", 0, "policyd.greylist.spf_pass_domains",
+            problems.append(settings.locations.problem(
+                "policyd.greylist.spf_pass_domains",
                 "has no effect: policyd.spf must be enabled and run before greylist",
                 "warning",
+                at_key=True,
             ))  # fmt: skip
     return _Compiled(g, settings.trusted_networks, clients, recipients,
                      Normaliser.from_settings(g), spf_domains, socket.gethostname(),
@@ -643,3 +647,11 @@ def delete_entries(
     keys = _scan(store, store.keys.greylist_pattern(network, "t"), 10**9)
     keys.append(store.keys.greylist_client(network))
     return sum(int(store.redis.delete(k)) for k in keys)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=50,
+    description="postgrey-compatible greylisting of unknown triplets",
+)

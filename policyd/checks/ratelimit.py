@@ -44,13 +44,14 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
-from policyd.protocol import PolicyRequest, ProtocolState
+from policyd.protocol import PolicyRequest, ProtocolState, unmapped
+from postwarden.addresses import address_matcher
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import (
@@ -128,22 +129,6 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _address_matcher(pattern: str) -> Callable[[str], bool]:
-    """user@domain exact, @domain that domain, domain that domain or below
-    (Postfix access(5) with parent_domain_matches_subdomains)."""
-    p = pattern.strip().lower()
-    if p.startswith("@"):
-        return lambda a: a.rpartition("@")[2] == p[1:]
-    if "@" in p:
-        return lambda a: a == p
-
-    def domain_or_sub(a: str) -> bool:
-        d = a.rpartition("@")[2]
-        return d == p or d.endswith("." + p)
-
-    return domain_or_sub
-
-
 class CompiledRule:
     """A rule with its filters and overrides ready for matching."""
 
@@ -153,7 +138,7 @@ class CompiledRule:
         self.state = (
             ProtocolState.END_OF_MESSAGE if rule.count is Counts.BYTES else ProtocolState.RCPT
         )
-        self.senders = [_address_matcher(s) for s in rule.senders]
+        self.senders = [address_matcher(s) for s in rule.senders]
         self.by_value: dict[str, tuple[Window, ...]] = {}
         self.by_network: list[tuple[Network, tuple[Window, ...]]] = []
         for value, windows in rule.overrides.items():
@@ -348,19 +333,13 @@ def limit_text(res: Result) -> str:
 def refusal(res: Result) -> Decision:
     c = res.counter
     text = limit_text(res)
-    extra = {
-        "rule": c.rule,
-        "window": window_text(c.per_ms),
-        "used": f"{res.total}/{c.limit}",
-    }
     why = f"{c.rule}: {res.total}+{c.weight} > {c.limit} {c.unit} per {window_text(c.per_ms)}"
     if c.action is LimitAction.REJECT:
         return Decision(Verb.REJECT, reply=RATE_LIMITED_PERMANENT.with_text(text), reason=why,
-                        check=NAME, extra_log=extra)  # fmt: skip
+                        check=NAME)  # fmt: skip
     if c.action is LimitAction.HOLD:
-        return Decision(Verb.HOLD, text=text, reason=why, check=NAME, extra_log=extra)
-    return Decision(Verb.DEFER, reply=RATE_LIMITED.with_text(text), reason=why, check=NAME,
-                    extra_log=extra)  # fmt: skip
+        return Decision(Verb.HOLD, text=text, reason=why, check=NAME)
+    return Decision(Verb.DEFER, reply=RATE_LIMITED.with_text(text), reason=why, check=NAME)
 
 
 def _log_only(results: Iterable[Result]) -> None:
@@ -429,7 +408,9 @@ def subjects(
     net: Network | None = None
     try:
         net = ipaddress.ip_network(value, strict=False)
-        ip = net.network_address
+        ip = unmapped(net.network_address)
+        if ip.version != net.version:  # ::ffff:192.0.2.7 typed at the CLI
+            net = ipaddress.ip_network(ip)
     except ValueError:
         pass
     out: list[tuple[str, str, tuple[Window, ...], str]] = []
@@ -497,3 +478,11 @@ def reset(store: Any, settings: RatelimitSettings, text: str) -> int:
             if name != known:
                 deleted += int(store.redis.delete(name))
     return deleted
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=30,
+    description="per-login/sender/client/recipient message, recipient and byte limits",
+)

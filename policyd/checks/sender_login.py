@@ -20,13 +20,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
+from postwarden.addresses import is_address_pattern
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import SenderLoginSettings
-from postwarden.replies import SENDER_LOGIN_MISMATCH
+from postwarden.replies import SENDER_LOGIN_MISMATCH, printable
 
 NAME = "sender_login"
 # MAIL when called from smtpd_sender_restrictions, RCPT from the recipient ones.
@@ -54,18 +56,16 @@ class Owned:
         return sender in self.addresses or sender.rpartition("@")[2] in self.domains
 
 
-def _valid_pattern(text: str) -> bool:
-    _local, at, domain = text.partition("@")
-    return bool(at) and bool(domain) and "@" not in domain
-
-
-def parse_map_file(path: str, problems: list[ConfigProblem]) -> dict[str, list[str]]:
+def parse_map_file(
+    path: str, problems: list[ConfigProblem], where: Locations | None = None
+) -> dict[str, list[str]]:
     """Read `login addr, @domain ...` lines; a bad line is skipped with a warning."""
     out: dict[str, list[str]] = {}
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(ConfigProblem(path, 0, KEY, f"cannot read: {exc}"))
+        # At the config line naming the file (it was readable when the config loaded).
+        problems.append((where or Locations()).problem(KEY, f"cannot read {path}: {exc}"))
         return out
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -78,7 +78,7 @@ def parse_map_file(path: str, problems: list[ConfigProblem]) -> dict[str, list[s
             message = "expected 'login address ...'; line skipped"
             problems.append(ConfigProblem(path, lineno, KEY, message, "warning"))
             continue
-        bad = [p for p in patterns if not _valid_pattern(p)]
+        bad = [p for p in patterns if not is_address_pattern(p)]
         if bad:
             problems.append(ConfigProblem(path, lineno, KEY,
                                           f"{bad[0]!r} is not user@domain or @domain; line skipped",
@@ -98,11 +98,6 @@ def compile_map(*maps: Mapping[str, Iterable[str]]) -> dict[str, Owned]:
     return owned
 
 
-def _printable(text: str) -> str:
-    """Reply text is one line of printable characters (SMTPD_POLICY_README)."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def evaluate(
     cfg: SenderLoginSettings, owned: Mapping[str, Owned], req: PolicyRequest
 ) -> Decision | None:
@@ -115,14 +110,14 @@ def evaluate(
     if not sender:
         if cfg.allow_null_sender:
             return None
-        text = f"Null sender not allowed for login {_printable(login)}"
+        text = f"Null sender not allowed for login {printable(login)}"
     else:
         entry = owned.get(key)
         if entry is not None and entry.allows(sender):
             return None
         if cfg.login_is_address and "@" in key and sender == key:
             return None
-        text = f"Sender address <{_printable(sender)}> not owned by login {_printable(login)}"
+        text = f"Sender address <{printable(sender)}> not owned by login {printable(login)}"
     return Decision(
         Verb.REJECT,
         reply=SENDER_LOGIN_MISMATCH.with_text(text),
@@ -135,7 +130,7 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
     cfg = settings.policyd.sender_login
     if not cfg.enabled:
         return None
-    from_file = parse_map_file(cfg.map_file, problems) if cfg.map_file else {}
+    from_file = parse_map_file(cfg.map_file, problems, settings.locations) if cfg.map_file else {}
     owned = compile_map(cfg.map, from_file)
     if not owned and not cfg.login_is_address:
         log.info("sender_login: empty map; every authenticated sender will be refused")
@@ -144,3 +139,11 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return evaluate(cfg, owned, req)
 
     return BuiltCheck(NAME, run, cfg.mode, STATES)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=20,
+    description="an authenticated login may use only the MAIL FROM addresses it owns",
+)

@@ -50,13 +50,15 @@ import dns.rdatatype
 import dns.resolver
 import spf
 
+from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest
+from postwarden.addresses import dotted_domain_matches
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
-from postwarden.config.sections.spf import HeloCheck, SpfAction, SpfSettings
-from postwarden.logs import RateLimitedLog, decision
+from postwarden.config.sections.spf import HeloCheck, SpfAction, SpfResult, SpfSettings
+from postwarden.errors import PostwardenError
+from postwarden.logs import decision
 from postwarden.replies import (
     SPF_FAIL,
     SPF_FAIL_DEFER,
@@ -64,12 +66,12 @@ from postwarden.replies import (
     SPF_PERMERROR_DEFER,
     SPF_TEMPERROR,
     Reply,
+    printable,
 )
 from postwarden.resolver import make_resolver
 from postwarden.store.client import unavailable_on_error
 
 log = logging.getLogger("postwarden.policyd.spf")
-_rare = RateLimitedLog(log)
 
 NAME = "spf"
 MAILFROM = "mailfrom"
@@ -82,7 +84,6 @@ _GRACE = 1.0
 _INSTANCE_CACHE_SIZE = 8192
 # RFC 7208 section 4.3: a domain that cannot exist gives "none" at once.
 _MAX_DOMAIN = 253
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _LOCAL_PART_MACRO = re.compile(rb"%\{[sl]", re.IGNORECASE)
 _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*$")
 
@@ -190,12 +191,16 @@ def _cname_loop(exc: dns.resolver.NoNameservers) -> bool:
 # -- one identity ------------------------------------------------------------
 
 
+class SpfEvaluationError(PostwardenError):
+    """check_host() crashed: our bug or pyspf's, not the sender's record."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Evaluation:
     """The outcome of check_host() for one identity, as cached in Redis."""
 
     identity: str
-    result: str
+    result: SpfResult
     explanation: str = ""
     mechanism: str = ""
     problem: str = ""
@@ -211,7 +216,9 @@ class Evaluation:
     def from_json(cls, identity: str, text: str | bytes) -> Evaluation | None:
         try:
             data = json.loads(text)
-            return cls(identity, str(data["r"]), str(data["e"]), str(data["m"]), str(data["p"]))
+            return cls(
+                identity, SpfResult(data["r"]), str(data["e"]), str(data["m"]), str(data["p"])
+            )
         except (ValueError, KeyError, TypeError):
             return None  # an old or foreign encoding: evaluate afresh
 
@@ -256,7 +263,11 @@ def evaluate(
     query_timeout: float,
     budget: float,
 ) -> Evaluation:
-    """check_host() for one identity with pyspf; blocking, never raises.
+    """check_host() for one identity with pyspf; blocking.
+
+    A crash inside the evaluation (a bug in pyspf or in our DNS hook) raises
+    SpfEvaluationError: it says nothing about the sender's record, so it is
+    neither a permerror nor cached; the server answers with `on_error`.
 
     `identity` "helo" checks `postmaster@<helo>` (RFC 7208 section 2.3);
     "mailfrom" checks `sender` (for a null sender the caller passes the
@@ -272,7 +283,7 @@ def evaluate(
     domain = ascii_domain(domain)
     problem = domain_problem(domain)
     if problem:
-        return Evaluation(identity, "none", problem=problem)
+        return Evaluation(identity, SpfResult.NONE, problem=problem)
     try:
         query = spf.query(
             i=ip,
@@ -290,22 +301,27 @@ def evaluate(
             result, _code, explanation = query.check()
         finally:
             _current_lookup.reset(token)
+    except spf.TempError as exc:  # pyspf's own DNS failure escaping check()
+        return Evaluation(
+            identity, SpfResult.TEMPERROR, str(exc), problem="DNS error", cacheable=False
+        )
+    except spf.PermError as exc:  # a record pyspf could not interpret
+        return Evaluation(identity, SpfResult.PERMERROR, str(exc), problem=printable(str(exc)))
     except Exception as exc:
-        # pyspf on a hostile or broken record must not take the request down:
-        # the record "could not be interpreted" is what permerror means.
-        _rare.warning("pyspf", "spf: evaluation error for %s: %r", domain, exc)
-        return Evaluation(identity, "permerror", "SPF evaluation error", problem="evaluation error")
-    if result not in ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"):
-        result = "permerror"  # pyspf's "ambiguous" (harsh mode only) and the like
+        raise SpfEvaluationError(f"SPF evaluation of {domain} crashed: {exc!r}") from exc
+    try:
+        outcome = SpfResult(result)
+    except ValueError:
+        outcome = SpfResult.PERMERROR  # pyspf's "ambiguous" (harsh mode only) and the like
     return Evaluation(
         identity,
-        result,
-        _printable(str(explanation)),
-        mechanism=_printable(str(getattr(query, "mechanism", "") or "")),
-        problem=_printable(str(getattr(query, "prob", "") or ""))
-        if result.endswith("error")
+        outcome,
+        printable(str(explanation)),
+        mechanism=printable(str(getattr(query, "mechanism", "") or "")),
+        problem=printable(str(getattr(query, "prob", "") or ""))
+        if outcome in (SpfResult.PERMERROR, SpfResult.TEMPERROR)
         else "",
-        cacheable=result != "temperror" and not _uses_local_part(query.cache),
+        cacheable=outcome is not SpfResult.TEMPERROR and not _uses_local_part(query.cache),
     )
 
 
@@ -323,26 +339,19 @@ def _uses_local_part(cache: Mapping[tuple[str, str], list[Any]]) -> bool:
     return False
 
 
-def _printable(text: str, limit: int = 300) -> str:
-    """ASCII, one line, bounded: the text came from the sender's DNS."""
-    if not (text.isascii() and text.isprintable()):
-        text = _UNPRINTABLE.sub(" ", text)
-    return text.strip()[:limit]
-
-
 # -- Received-SPF (RFC 7208 section 9.1) -----------------------------------
 
 
 def _value(text: str) -> str:
     """A key-value value: dot-atom as is, else a quoted-string."""
-    text = _printable(text, 255)
+    text = printable(text, 255)
     if _DOT_ATOM.match(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _comment(text: str) -> str:
-    text = _printable(text)
+    text = printable(text)
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
@@ -432,17 +441,6 @@ def note_mailfrom_result(ctx: CheckContext, req: PolicyRequest, result: str) -> 
         notes.popitem(last=False)
 
 
-def _matches_domain(domain: str, patterns: tuple[str, ...]) -> bool:
-    for pattern in patterns:
-        p = pattern.lower().rstrip(".")
-        if p.startswith("."):
-            if domain.endswith(p) or domain == p[1:]:
-                return True
-        elif domain == p:
-            return True
-    return False
-
-
 class SpfCheck:
     """The policy check; its settings, resolver and thread pool are fixed at build."""
 
@@ -468,8 +466,6 @@ class SpfCheck:
         if ip is None:
             self._log(req, result="none", action="dunno", reason="no client address")
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         skip = self._skip_reason(req, ip)
         if skip:
             log.debug("spf: skipped (%s) for %s", skip, ip)
@@ -498,7 +494,7 @@ class SpfCheck:
         if any(ip in net for net in s.whitelist.clients):
             return "whitelisted client"
         domain = req.sender_domain.rstrip(".")
-        if domain and _matches_domain(domain, s.whitelist.sender_domains):
+        if domain and dotted_domain_matches(domain, s.whitelist.sender_domains):
             return "whitelisted sender domain"
         return ""
 
@@ -527,7 +523,8 @@ class SpfCheck:
         helo_ev = None
         if self.spf.helo_check is HeloCheck.ALWAYS and helo:
             helo_ev, source = await self._evaluation(ctx, HELO, ip, sender, helo, deadline)
-            if self.actions[HELO][helo_ev.result] not in (SpfAction.PREPEND, SpfAction.IGNORE):
+            helo_action = self.actions[HELO][helo_ev.result]
+            if helo_action not in (SpfAction.PREPEND, SpfAction.IGNORE):
                 return self._act(req, ctx, helo_ev, helo_ev, ip, sender, helo, source)
         ev, source = await self._evaluation(ctx, MAILFROM, ip, sender, helo, deadline)
         note_mailfrom_result(ctx, req, ev.result)
@@ -561,7 +558,9 @@ class SpfCheck:
     ) -> Evaluation:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return Evaluation(identity, "temperror", "SPF time budget exhausted", cacheable=False)
+            return Evaluation(
+                identity, SpfResult.TEMPERROR, "SPF time budget exhausted", cacheable=False
+            )
         loop = asyncio.get_running_loop()
 
         def work() -> Evaluation:
@@ -570,7 +569,7 @@ class SpfCheck:
             left = deadline - time.monotonic()
             if left <= 0:
                 return Evaluation(
-                    identity, "temperror", "SPF time budget exhausted", cacheable=False
+                    identity, SpfResult.TEMPERROR, "SPF time budget exhausted", cacheable=False
                 )
             return evaluate(
                 ip, sender, helo, identity, self.lookup,
@@ -583,11 +582,13 @@ class SpfCheck:
         try:
             return await asyncio.wait_for(job, remaining + _GRACE)
         except TimeoutError:
-            return Evaluation(identity, "temperror", "SPF time budget exhausted", cacheable=False)
+            return Evaluation(
+                identity, SpfResult.TEMPERROR, "SPF time budget exhausted", cacheable=False
+            )
 
     def _helo_whitelisted(self, helo: str) -> bool:
         names = self.spf.whitelist.helo_names
-        return bool(names and helo) and _matches_domain(helo.lower(), names)
+        return bool(names and helo) and dotted_domain_matches(helo.lower(), names)
 
     async def _helo_resolves_to(self, helo: str, ip: str, deadline: float) -> bool:
         """policyd-spf's HELO whitelist: the name must resolve to the client."""
@@ -644,7 +645,7 @@ class SpfCheck:
             )
         elif action is SpfAction.QUARANTINE:
             answer = Decision(
-                Verb.HOLD, text=f"SPF {ev.result} for {_printable(domain, 100)}", reason=reason
+                Verb.HOLD, text=f"SPF {ev.result} for {printable(domain, 100)}", reason=reason
             )
         elif action is SpfAction.PREPEND:
             header = received_spf(
@@ -668,10 +669,10 @@ class SpfCheck:
             result=ev.result,
             explanation=explanation,
             identity=ev.identity,
-            domain=_printable(domain, 255),
+            domain=printable(domain, 255),
             ip=ip,
         )
-        return base.with_text(_printable(text, 450) or base.text)
+        return base.with_text(printable(text, 450) or base.text)
 
     def _log(self, req: PolicyRequest, **fields: object) -> None:
         if not log.isEnabledFor(logging.INFO):
@@ -680,7 +681,7 @@ class SpfCheck:
         line.update(fields)
         line.setdefault("client", req.client_address_raw)
         if req.helo_name and "helo" not in line:
-            line["helo"] = _printable(req.helo_name, 100)
+            line["helo"] = printable(req.helo_name, 100)
         decision(log, line)
 
 
@@ -691,8 +692,8 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         return None
     if float(s.time_budget) >= float(settings.policyd.request_timeout):
         problems.append(
-            ConfigProblem(
-                "", 0, "policyd.spf.time_budget",
+            settings.locations.problem(
+                "policyd.spf.time_budget",
                 f"{float(s.time_budget):g}s is not below policyd.request_timeout "
                 f"({float(settings.policyd.request_timeout):g}s): a slow SPF lookup "
                 "would end in on_error instead of temperror",
@@ -701,3 +702,11 @@ def build(settings: Settings, problems: list[ConfigProblem]) -> BuiltCheck | Non
         )  # fmt: skip
     check = SpfCheck(settings)
     return BuiltCheck(name=NAME, run=check.run, mode=s.mode)
+
+
+CHECK = CheckSpec(
+    name=NAME,
+    build=build,
+    position=40,
+    description="SPF (RFC 7208) on MAIL FROM and HELO, Received-SPF header",
+)

@@ -53,14 +53,17 @@ def summary(path: str, settings: Settings) -> list[str]:
         f"  policyd             {'enabled ' if p.enabled else 'disabled'} {p.socket}"
         f" on_error={p.on_error.value}"
     )
-    checks = {
-        "access": p.access.enabled,
-        "sender_login": p.sender_login.enabled,
-        "ratelimit": p.ratelimit.enabled,
-        "spf": p.spf.enabled,
-        "greylist": p.greylist.enabled,
-    }
-    order = " -> ".join(f"{n}{'' if checks.get(n) else ' (off)'}" for n in p.order)
+    from policyd.registry import specs
+
+    served = specs()
+    blocks = p.checks()
+
+    def check_state(name: str) -> str:
+        if name not in served:
+            return " (not in this version)"
+        return "" if blocks[name].enabled else " (off)"
+
+    order = " -> ".join(f"{n}{check_state(n)}" for n in p.order)
     lines.append(f"    checks: {order}")
     return lines
 

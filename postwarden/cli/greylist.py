@@ -24,8 +24,7 @@ from postwarden.clock import SystemClock
 from postwarden.config.schema import Settings
 from postwarden.config.units import Duration
 from postwarden.errors import StoreUnavailable
-from postwarden.store import embedded
-from postwarden.store.client import Store, open_store, unavailable_on_error
+from postwarden.store.client import Store, open_configured_store, unavailable_on_error
 
 EX_USAGE = 64
 
@@ -37,10 +36,7 @@ def greylist() -> None:
 
 @contextmanager
 def _store(settings: Settings) -> Iterator[Store]:
-    socket_path = None
-    if settings.redis.url is None and settings.redis.sentinel is None:
-        socket_path = embedded.socket_path(settings.state_dir)
-    store = open_store(settings.redis, socket_path)
+    store = open_configured_store(settings)
     try:
         with unavailable_on_error():
             yield store

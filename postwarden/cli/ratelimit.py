@@ -19,8 +19,7 @@ from postwarden.clock import SystemClock
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import FIRST_TIME_NAME
 from postwarden.errors import StoreUnavailable
-from postwarden.store import embedded
-from postwarden.store.client import Store, open_store, unavailable_on_error
+from postwarden.store.client import Store, open_configured_store, unavailable_on_error
 
 
 @click.group()
@@ -29,10 +28,7 @@ def ratelimit() -> None:
 
 
 def _open(settings: Settings) -> Store:
-    socket_path = None
-    if settings.redis.url is None and settings.redis.sentinel is None:
-        socket_path = embedded.socket_path(settings.state_dir)
-    return open_store(settings.redis, socket_path)
+    return open_configured_store(settings)
 
 
 def _seconds(ms: int) -> str:

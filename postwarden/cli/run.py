@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -9,7 +10,26 @@ import click
 from postwarden import logs
 from postwarden.cli.config import service_problems
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
+from postwarden.config import Settings
 from postwarden.errors import PostwardenError
+
+log = logging.getLogger("postwarden.supervisor")
+
+
+def enabled_services(settings: Settings) -> list[tuple[str, ...]]:
+    """The `postwarden` subcommands `run` keeps running for these settings."""
+    from milters.registry import specs
+
+    services: list[tuple[str, ...]] = []
+    available = specs()
+    for name, m in settings.milters.by_name().items():
+        if m.enabled and name in available:
+            services.append(("milter", name))
+        elif m.enabled:
+            log.info("milter %s is enabled but not part of this version; not started", name)
+    if settings.policyd.enabled:
+        services.append(("policyd",))
+    return services
 
 
 @click.command()
@@ -26,7 +46,7 @@ def run(config_file: str | None) -> None:
     if any(p.severity == "error" for p in problems):
         sys.exit(EX_CONFIG)
     try:
-        sys.exit(Supervisor(path, settings).run())
+        sys.exit(Supervisor(path, settings, enabled_services).run())
     except PostwardenError as exc:
         click.echo(f"postwarden run: {exc}", err=True)
         sys.exit(1)

@@ -10,8 +10,7 @@ import click
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.errors import StoreUnavailable
-from postwarden.store import embedded
-from postwarden.store.client import open_store, unavailable_on_error
+from postwarden.store.client import open_configured_store, unavailable_on_error
 
 
 @click.command()
@@ -20,10 +19,7 @@ from postwarden.store.client import open_store, unavailable_on_error
 def stat(config_file: str | None, as_json: bool) -> None:
     """Show counters: scanned, by action, learned, greylisted, rate-limited."""
     _, settings = load_or_exit(config_file)
-    socket_path = None
-    if settings.redis.url is None and settings.redis.sentinel is None:
-        socket_path = embedded.socket_path(settings.state_dir)
-    store = open_store(settings.redis, socket_path)
+    store = open_configured_store(settings)
     prefix = store.keys.stat("")
     try:
         with unavailable_on_error():

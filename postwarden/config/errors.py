@@ -37,3 +37,24 @@ class ConfigError(PostwardenError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """What `validate_node` returns to name the field at fault.
+
+    `field` is the path below the block being validated, written as the
+    loader writes key paths: `url`, `whitelist_clients[2]`,
+    `overrides.10.0.0.0/8`. The loader reports the problem at that value's
+    line, or at its key's line when `at_key` is set (an unknown key of a
+    mapping: the key is what is wrong). A plain string from `validate_node`
+    is still reported at the block's own line.
+    """
+
+    field: str
+    message: str
+    at_key: bool = False
+
+
+# What a `validate_node` method may return in its list.
+Finding = str | FieldProblem

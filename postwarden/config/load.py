@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from postwarden.config.errors import ConfigError, ConfigProblem
+from postwarden.config.errors import ConfigError, ConfigProblem, FieldProblem
+from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.units import Duration, FilePath, Size, SocketAddress, parse_network
 
@@ -59,10 +60,15 @@ def load_config_text(text: str, filename: str = "<string>") -> Settings:
     if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):
         settings = Settings()
     else:
-        settings = walker.build(Settings, node, "")
+        try:
+            settings = walker.build(Settings, node, "")
+        except _Invalid:
+            settings = Settings()
     if walker.problems:
-        raise ConfigError(walker.problems)
-    return settings
+        # Top to bottom, as an editor shows the file (a block's cross-field
+        # checks run after its keys, so discovery order jumps around).
+        raise ConfigError(sorted(walker.problems, key=lambda p: p.line))
+    return dataclasses.replace(settings, _locations=walker.locations)
 
 
 class _Invalid(Exception):
@@ -74,9 +80,10 @@ class _Walker:
         self.filename = filename
         self.base = Path(filename).resolve().parent if filename != "<string>" else Path.cwd()
         self.problems: list[ConfigProblem] = []
+        self.locations = Locations(filename)
 
     def report(self, node: yaml.Node, key: str, message: str) -> None:
-        self.problems.append(ConfigProblem(self.filename, node.start_mark.line + 1, key, message))
+        self.problems.append(ConfigProblem(self.filename, _line(node), key, message))
 
     # -- dataclasses ------------------------------------------------------
     def build(self, cls: type, node: yaml.Node, key: str, base: Any = None) -> Any:
@@ -90,10 +97,11 @@ class _Walker:
         for knode, vnode in node.value:
             name = knode.value if isinstance(knode, yaml.ScalarNode) else None
             sub = f"{key}.{name}" if key else str(name)
-            if name is None or name not in fields or fields[name].name.startswith("_"):
-                hint = difflib.get_close_matches(str(name), list(fields), n=1)
+            public = [n for n in fields if not n.startswith("_")]
+            if name is None or name not in public:
+                hint = difflib.get_close_matches(str(name), public, n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else ""
-                valid = ", ".join(sorted(fields))
+                valid = ", ".join(sorted(public))
                 self.report(knode, sub, f"unknown key{extra} (valid keys: {valid})")
                 continue
             if name in seen:
@@ -101,6 +109,7 @@ class _Walker:
                 continue
             seen.add(name)
             f = fields[name]
+            self.locations.record(sub, _line(vnode), _line(knode))
             try:
                 values[name] = self.value(hints[name], vnode, sub, f.metadata, _default(f))
             except _Invalid:
@@ -114,9 +123,24 @@ class _Walker:
             self.report(node, key or "(top level)", str(exc))
             raise _Invalid from None
         if validate is not None:
-            for message in validate(obj):
-                self.report(node, key or "(top level)", message)
+            for finding in validate(obj):
+                self.finding(node, key, finding)
         return obj
+
+    def finding(self, node: yaml.Node, key: str, finding: str | FieldProblem) -> None:
+        """A `validate_node` result: at the named field's line, else the block's."""
+        if isinstance(finding, FieldProblem):
+            sep = "" if not key or finding.field.startswith("[") else "."
+            path = f"{key}{sep}{finding.field}"
+            problem = self.locations.problem(path, finding.message, at_key=finding.at_key)
+            if problem.line == 0:
+                problem = dataclasses.replace(problem, line=_line(node))
+            self.problems.append(problem)
+            return
+        line = self.locations.line(key, at_key=True) if key else 0
+        self.problems.append(
+            ConfigProblem(self.filename, line or _line(node), key or "(top level)", finding)
+        )
 
     # -- values -----------------------------------------------------------
     def value(
@@ -150,6 +174,7 @@ class _Walker:
             out = []
             ok = True
             for i, item in enumerate(items):
+                self.locations.record(f"{key}[{i}]", _line(item))
                 try:
                     out.append(self.value(item_tp, item, f"{key}[{i}]", meta))
                 except _Invalid:
@@ -163,12 +188,17 @@ class _Walker:
             if not isinstance(node, yaml.MappingNode):
                 self.report(node, key, f"expected a mapping, got {_kind(node)}")
                 raise _Invalid
-            result: dict[str, Any] = {}
+            result: dict[Any, Any] = {}
             bad = False
+            key_tp = args[0]
             for knode, vnode in node.value:
                 k = str(knode.value)
+                sub = f"{key}.{k}"
+                self.locations.record(sub, _line(vnode), _line(knode))
                 try:
-                    result[k] = self.value(args[1], vnode, f"{key}.{k}", meta)
+                    # Keys from a closed set (SPF results) are parsed like values, at the key.
+                    name = _key_enum(key_tp, knode, sub, self) if _is_enum(key_tp) else k
+                    result[name] = self.value(args[1], vnode, sub, meta)
                 except _Invalid:
                     bad = True
             if bad:
@@ -226,6 +256,25 @@ class _Walker:
             self.report(node, key, f"must be at most {_show(hi)}, got {_show(value)}")
             raise _Invalid
         return value
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)
+
+
+def _key_enum(tp: type[enum.Enum], knode: yaml.Node, key: str, walker: _Walker) -> enum.Enum:
+    if not isinstance(knode, yaml.ScalarNode):
+        walker.report(knode, key, f"expected a single value as key, got {_kind(knode)}")
+        raise _Invalid
+    try:
+        return _enum(tp, knode.value)
+    except ValueError as exc:
+        walker.report(knode, key, str(exc))
+        raise _Invalid from None
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

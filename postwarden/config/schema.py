@@ -15,7 +15,9 @@ import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
+from postwarden.config.locations import Locations
 from postwarden.config.sections.attachments import AttachmentsMilterSettings
 from postwarden.config.sections.common import MilterSettings, Mode, OnError
 from postwarden.config.sections.dkim import DkimMilterSettings
@@ -66,14 +68,15 @@ class RedisSettings:
     sentinel: SentinelSettings | None = setting(None, doc="use Sentinel instead of url")
     timeout: Duration = setting(Duration(1.0), min=0.01, doc="socket timeout per command")
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
+            why = f"must start with redis://, rediss:// or unix://, got {self.url!r}"
+            problems.append(FieldProblem("url", why))
         if self.sentinel is not None and not self.sentinel.hosts:
-            problems.append("sentinel.hosts must list at least one host:port")
+            problems.append(FieldProblem("sentinel.hosts", "list at least one host:port"))
         if self.cluster and self.sentinel is not None:
-            problems.append("cluster and sentinel cannot both be set")
+            problems.append(FieldProblem("cluster", "cluster and sentinel cannot both be set"))
         return problems
 
 
@@ -94,16 +97,18 @@ class DnsSettings:
     nameservers: tuple[str, ...] = setting(factory=tuple, doc="IP or IP:PORT; empty = system")
     timeout: Duration = setting(Duration(5.0), min=0.1, max=60)
 
-    def validate_node(self) -> list[str]:
-        problems = []
-        for ns in self.nameservers:
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
+        for i, ns in enumerate(self.nameservers):
             host, port = _split_ns(ns)
             try:
                 ipaddress.ip_address(host)
             except ValueError:
-                problems.append(f"nameservers: {ns!r} is not an IP address or IP:PORT")
+                problems.append(
+                    FieldProblem(f"nameservers[{i}]", f"{ns!r} is not an IP address or IP:PORT")
+                )
             if port is not None and not 0 < port < 65536:
-                problems.append(f"nameservers: port out of range in {ns!r}")
+                problems.append(FieldProblem(f"nameservers[{i}]", f"port out of range in {ns!r}"))
         return problems
 
     def parsed_nameservers(self) -> list[tuple[str, int]]:
@@ -165,3 +170,10 @@ class Settings:
     trusted_networks: tuple[Network, ...] = setting(DEFAULT_TRUSTED)
     milters: MiltersSettings = setting(factory=MiltersSettings)
     policyd: PolicydSettings = setting(factory=PolicydSettings)
+    # Where each key was written (not a YAML key: the loader fills it in).
+    _locations: Locations = dataclasses.field(default_factory=Locations, compare=False, repr=False)
+
+    @property
+    def locations(self) -> Locations:
+        """Key path -> file:line of the loaded file, for problems found after loading."""
+        return self._locations

@@ -23,7 +23,7 @@ import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from postwarden.config.schema import RedisSettings
+from postwarden.config.schema import RedisSettings, Settings
 from postwarden.errors import StoreUnavailable
 from postwarden.store.keys import STAT_TTL, Keys
 from postwarden.store.scripts import ScriptSet
@@ -169,12 +169,24 @@ def open_async_store(settings: RedisSettings, embedded_socket: str | None = None
     return AsyncStore(connect_async(settings, embedded_socket), Keys(settings.prefix))
 
 
-def open_configured_store(settings: Any) -> Store:
-    """The one place that decides between `redis.url`/Sentinel and the
-    embedded server under `state_dir` (which `postwarden run` starts)."""
+def uses_embedded(settings: Settings) -> bool:
+    """Whether the suite runs its own redis-server (no `redis.url`, no Sentinel)."""
+    return settings.redis.url is None and settings.redis.sentinel is None
+
+
+def configured_socket(settings: Settings) -> str | None:
+    """The embedded server's socket under `state_dir`, or None when a URL/Sentinel is set."""
     from postwarden.store import embedded
 
-    r = settings.redis
-    if r.url is not None or r.sentinel is not None:
-        return open_store(r)
-    return open_store(r, embedded.socket_path(settings.state_dir))
+    return embedded.socket_path(settings.state_dir) if uses_embedded(settings) else None
+
+
+def open_configured_store(settings: Settings) -> Store:
+    """The one place that decides between `redis.url`/Sentinel and the
+    embedded server under `state_dir` (which `postwarden run` starts)."""
+    return open_store(settings.redis, configured_socket(settings))
+
+
+def open_configured_async_store(settings: Settings) -> AsyncStore:
+    """`open_configured_store` for asyncio code (policyd)."""
+    return open_async_store(settings.redis, configured_socket(settings))

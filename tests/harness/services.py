@@ -28,13 +28,13 @@ from typing import Any
 
 import yaml
 
+from postwarden.config.sections.policyd import CHECK_NAMES
 from tests.harness.ports import free_port, wait_for_tcp, wait_for_unix_socket
 
 REPO = Path(__file__).resolve().parents[2]
 POSTWARDEN = REPO / ".venv" / "bin" / "postwarden"
 
 MILTER_NAMES = ("headers", "attachments", "dkim", "spam", "noop")
-CHECK_NAMES = ("access", "sender_login", "ratelimit", "spf", "greylist")
 
 
 def postwarden_argv() -> list[str]:

@@ -6,8 +6,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
-from postwarden.config.sections.common import Mode
+from postwarden.config.sections.common import CheckSettings
 
 # The actions SMTPD_POLICY_README allows in a policy reply (access(5)).
 _ACTION = re.compile(
@@ -26,25 +27,29 @@ class AccessRule:
     recipient: str | None = setting(None)
     client_address: str | None = setting(None, doc="IP or CIDR")
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if not _ACTION.match(self.action.strip()):
-            problems.append(
-                f"action {self.action!r} is not a Postfix action (NNN text, OK, DUNNO, "
-                "REJECT, DEFER, DEFER_IF_PERMIT, HOLD, DISCARD, PREPEND, WARN)"
-            )
+            problems.append(FieldProblem(
+                "action",
+                f"{self.action!r} is not a Postfix action (NNN text, OK, DUNNO, "
+                "REJECT, DEFER, DEFER_IF_PERMIT, HOLD, DISCARD, PREPEND, WARN)",
+            ))  # fmt: skip
         elif self.action.strip().upper().startswith("PREPEND") and ":" not in self.action:
-            problems.append("PREPEND needs a header like 'PREPEND X-Name: value'")
+            problems.append(
+                FieldProblem("action", "PREPEND needs a header like 'PREPEND X-Name: value'")
+            )
         if self.client_address is not None:
             try:
                 ipaddress.ip_network(self.client_address, strict=False)
             except ValueError:
-                problems.append(f"client_address {self.client_address!r} is not an IP or CIDR")
+                problems.append(FieldProblem(
+                    "client_address", f"{self.client_address!r} is not an IP or CIDR"
+                ))  # fmt: skip
         return problems
 
 
 @dataclass(frozen=True, slots=True)
-class AccessSettings:
+class AccessSettings(CheckSettings):
     enabled: bool = setting(True)
-    mode: Mode = setting(Mode.ENFORCE)
     rules: tuple[AccessRule, ...] = setting(factory=tuple)

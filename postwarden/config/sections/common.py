@@ -28,6 +28,19 @@ class Mode(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class CheckSettings:
+    """Base of every policy check's block under `policyd:`.
+
+    A field of `PolicydSettings` whose type derives from this is a check:
+    `policyd.order` may name it and the policy daemon looks up its builder
+    by that name (the `CHECK` spec in `policyd/checks/<name>.py`).
+    """
+
+    enabled: bool = setting(False)
+    mode: Mode = setting(Mode.ENFORCE)
+
+
+@dataclass(frozen=True, slots=True)
 class MilterSettings:
     enabled: bool = setting(True)
     socket: SocketAddress = setting(

@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
-from postwarden.config.sections.common import Mode
+from postwarden.config.sections.common import CheckSettings
 from postwarden.config.units import Duration, FilePath
 
 
@@ -136,9 +137,8 @@ DEFAULT_HEADER = "X-Greylist: delayed %t seconds by postwarden at %h; %d"
 
 
 @dataclass(frozen=True, slots=True)
-class GreylistSettings:
+class GreylistSettings(CheckSettings):
     enabled: bool = setting(False)
-    mode: Mode = setting(Mode.ENFORCE)
     delay: Duration = setting(
         Duration(300), min=0, max=86400, doc="a retry before this is deferred again"
     )
@@ -175,29 +175,31 @@ class GreylistSettings:
         factory=tuple, doc="skip when SPF passed for these sender domains (and subdomains)"
     )
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         for i, text in enumerate(self.whitelist_clients):
             try:
                 client_pattern(text)
             except ValueError as exc:
-                problems.append(f"whitelist_clients[{i}]: {exc}")
+                problems.append(FieldProblem(f"whitelist_clients[{i}]", str(exc)))
         for i, text in enumerate(self.whitelist_recipients):
             try:
                 recipient_pattern(text)
             except ValueError as exc:
-                problems.append(f"whitelist_recipients[{i}]: {exc}")
+                problems.append(FieldProblem(f"whitelist_recipients[{i}]", str(exc)))
         for i, domain in enumerate(self.spf_pass_domains):
             if "@" in domain or not _HOSTNAME.match(domain.lower()):
-                problems.append(f"spf_pass_domains[{i}]: {domain!r} is not a domain")
+                why = f"{domain!r} is not a domain"
+                problems.append(FieldProblem(f"spf_pass_domains[{i}]", why))
         if float(self.retry_window) <= float(self.delay):
-            problems.append("retry_window must be longer than delay")
+            problems.append(FieldProblem("retry_window", "must be longer than delay"))
         if float(self.max_age) < float(self.retry_window):
-            problems.append("max_age must be at least retry_window")
+            problems.append(FieldProblem("max_age", "must be at least retry_window"))
         if not self.recipient_delimiter and self.strip_extension:
-            problems.append("strip_extension needs a recipient_delimiter")
-        if "\n" in self.reply_text or "\n" in self.header:
-            problems.append("reply_text and header must be one line")
+            problems.append(FieldProblem("strip_extension", "needs a recipient_delimiter"))
+        for name, text in (("reply_text", self.reply_text), ("header", self.header)):
+            if "\n" in text:
+                problems.append(FieldProblem(name, "must be one line"))
         if self.add_header and not re.match(r"^[!-9;-~]+:", self.header):
-            problems.append(f"header {self.header!r} must start with 'Name:'")
+            problems.append(FieldProblem("header", f"{self.header!r} must start with 'Name:'"))
         return problems

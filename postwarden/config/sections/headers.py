@@ -14,6 +14,7 @@ from enum import StrEnum
 
 import re2
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
 from postwarden.config.sections.common import MilterSettings, Mode
 from postwarden.config.units import Duration, FilePath, Size
@@ -81,25 +82,34 @@ class HeaderRule:
     recipients: tuple[str, ...] = setting(factory=tuple, doc="RE2 patterns on RCPT TO; any")
     mode: Mode = setting(Mode.ENFORCE)
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if bool(self.header) == self.body:
-            problems.append('give either header: NAME (or "*") or body: true')
+            where = "body" if self.body else "header"
+            problems.append(FieldProblem(where, 'give either header: NAME (or "*") or body: true'))
         if self.header and self.header != "*" and not re.fullmatch(r"[!-9;-~]+", self.header):
-            problems.append(f"header {self.header!r} is not a header name")
+            problems.append(FieldProblem("header", f"{self.header!r} is not a header name"))
         if not self.match:
-            problems.append("match: a regular expression is required")
+            problems.append(FieldProblem("match", "a regular expression is required"))
         verb = self.action.strip().split(None, 1)[0].upper() if self.action.strip() else ""
         if verb not in RULE_ACTIONS:
-            problems.append(f"action {self.action!r} is not one of {', '.join(RULE_ACTIONS)}")
+            problems.append(
+                FieldProblem("action", f"{self.action!r} is not one of {', '.join(RULE_ACTIONS)}")
+            )
         if verb in ("PREPEND", "REPLACE") and self.header and ":" not in self.text:
-            problems.append(f"{verb} needs text like 'X-Name: value'")
+            problems.append(FieldProblem("text", f"{verb} needs text like 'X-Name: value'"))
         if verb in ("REDIRECT", "BCC") and "@" not in self.text:
-            problems.append(f"{verb} needs an address like user@example.com in text")
-        for label, pattern in [("match", self.match), *(("senders", p) for p in self.senders),
-                               *(("recipients", p) for p in self.recipients)]:  # fmt: skip
+            problems.append(
+                FieldProblem("text", f"{verb} needs an address like user@example.com in text")
+            )
+        patterns = [("match", self.match)]
+        patterns += [(f"senders[{i}]", p) for i, p in enumerate(self.senders)]
+        patterns += [(f"recipients[{i}]", p) for i, p in enumerate(self.recipients)]
+        for label, pattern in patterns:
             if pattern and (why := re2_problem(pattern)):
-                problems.append(f"{label}: {pattern!r} is not a valid RE2 pattern: {why}")
+                problems.append(
+                    FieldProblem(label, f"{pattern!r} is not a valid RE2 pattern: {why}")
+                )
         return problems
 
 

@@ -1,18 +1,25 @@
-"""`policyd`: the policy daemon and the order of its checks."""
+"""`policyd`: the policy daemon and the order of its checks.
+
+Every field whose type is a `CheckSettings` is a policy check: its YAML key
+is the check's name, `policyd.order` may list it, and the order of those
+fields is the default order. Adding a check is a field here, its section
+module and `policyd/checks/<name>.py` declaring `CHECK`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
 from postwarden.config.sections.access import AccessSettings
-from postwarden.config.sections.common import OnError
+from postwarden.config.sections.common import CheckSettings, OnError
 from postwarden.config.sections.greylist import GreylistSettings
 from postwarden.config.sections.ratelimit import RatelimitSettings, SenderLoginSettings
 from postwarden.config.sections.spf import SpfSettings
 from postwarden.config.units import Duration, SocketAddress
-
-CHECK_NAMES = ("access", "sender_login", "ratelimit", "spf", "greylist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +29,9 @@ class PolicydSettings:
         SocketAddress("unix", path="/var/spool/postfix/private/postwarden-policy")
     )
     on_error: OnError = setting(OnError.ACCEPT)
-    order: tuple[str, ...] = setting(CHECK_NAMES, doc="checks in the order they run")
+    order: tuple[str, ...] = setting(
+        factory=lambda: CHECK_NAMES, doc="checks in the order they run"
+    )
     warn_header: str = setting("X-Postwarden-Warn", doc="header PREPENDed by checks in warn mode")
     max_line: int = setting(4096, min=256, max=1024 * 1024)
     max_attributes: int = setting(100, min=10, max=10000)
@@ -37,11 +46,32 @@ class PolicydSettings:
     spf: SpfSettings = setting(factory=SpfSettings)
     greylist: GreylistSettings = setting(factory=GreylistSettings)
 
-    def validate_node(self) -> list[str]:
-        problems = []
-        for name in self.order:
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
+        seen: set[str] = set()
+        for i, name in enumerate(self.order):
             if name not in CHECK_NAMES:
-                problems.append(f"order: unknown check {name!r} (known: {', '.join(CHECK_NAMES)})")
-        if len(set(self.order)) != len(self.order):
-            problems.append("order: a check is listed twice")
+                problems.append(FieldProblem(
+                    f"order[{i}]", f"unknown check {name!r} (known: {', '.join(CHECK_NAMES)})"
+                ))  # fmt: skip
+            elif name in seen:
+                problems.append(FieldProblem(f"order[{i}]", f"{name!r} is listed twice"))
+            seen.add(name)
         return problems
+
+    def checks(self) -> dict[str, CheckSettings]:
+        """Every check's block by its name, in the default order."""
+        return {name: getattr(self, name) for name in CHECK_NAMES}
+
+
+def _check_names(cls: type) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if isinstance(hints[f.name], type) and issubclass(hints[f.name], CheckSettings)
+    )
+
+
+# The checks `policyd.order` may name, in their default order.
+CHECK_NAMES: tuple[str, ...] = _check_names(PolicydSettings)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
+from postwarden.addresses import is_address_pattern
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
-from postwarden.config.sections.common import Mode
+from postwarden.config.sections.common import CheckSettings
 from postwarden.config.units import Duration, FilePath, Network
 
 # Rule names appear in Redis keys, replies and `postwarden ratelimit show`.
@@ -72,12 +74,16 @@ class Window:
     limit: int = setting(0, min=1, doc="units allowed per window")
     per: Duration = setting(Duration(0), min=1, max=366 * 86400, doc="window length")
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if self.limit == 0:
-            problems.append("limit missing or invalid: give a whole number, at least 1")
+            problems.append(
+                FieldProblem("limit", "missing or invalid: give a whole number, at least 1")
+            )
         if float(self.per) == 0:
-            problems.append('per missing or invalid: give a duration like "1m" or "1d"')
+            problems.append(
+                FieldProblem("per", 'missing or invalid: give a duration like "1m" or "1d"')
+            )
         return problems
 
 
@@ -104,29 +110,37 @@ class RatelimitRule:
     def label(self) -> str:
         return self.name or f"{self.count.value}_per_{self.key.value}"
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         if self.name and not _RULE_NAME.match(self.name):
-            problems.append(f"name {self.name!r}: use letters, digits, '_', '.', '-' (max 64)")
+            problems.append(
+                FieldProblem("name", f"{self.name!r}: use letters, digits, '_', '.', '-' (max 64)")
+            )
         if self.label == FIRST_TIME_NAME:
-            problems.append(f"name {FIRST_TIME_NAME!r} is reserved")
+            problems.append(FieldProblem("name", f"{FIRST_TIME_NAME!r} is reserved"))
         if not self.windows:
-            problems.append("windows: give at least one {limit: N, per: DURATION}")
+            problems.append(FieldProblem("windows", "give at least one {limit: N, per: DURATION}"))
         pers = [float(w.per) for w in self.windows]
         if len(set(pers)) != len(pers):
-            problems.append("windows: two windows have the same length")
+            problems.append(FieldProblem("windows", "two windows have the same length"))
         if self.count is Counts.BYTES and self.key in (RateKey.RECIPIENT, RateKey.RECIPIENT_DOMAIN):
             # END-OF-MESSAGE carries no single recipient (SMTPD_POLICY_README).
-            problems.append(f"count bytes cannot key on {self.key.value} (counted per message)")
+            problems.append(FieldProblem(
+                "count", f"bytes cannot key on {self.key.value} (counted per message)"
+            ))  # fmt: skip
         for value, windows in self.overrides.items():
             if self.key is RateKey.CLIENT_ADDRESS:
                 try:
                     ipaddress.ip_network(value, strict=False)
                 except ValueError:
-                    problems.append(f"overrides: {value!r} is not an IP address or CIDR")
+                    problems.append(FieldProblem(
+                        f"overrides.{value}", f"{value!r} is not an IP address or CIDR", at_key=True
+                    ))  # fmt: skip
             pers = [float(w.per) for w in windows]
             if len(set(pers)) != len(pers):
-                problems.append(f"overrides.{value}: two windows have the same length")
+                problems.append(
+                    FieldProblem(f"overrides.{value}", "two windows have the same length")
+                )
         return problems
 
 
@@ -145,26 +159,27 @@ class FirstTimeRecipients:
 
 
 @dataclass(frozen=True, slots=True)
-class RatelimitSettings:
+class RatelimitSettings(CheckSettings):
     enabled: bool = setting(False)
-    mode: Mode = setting(Mode.ENFORCE)
     rules: tuple[RatelimitRule, ...] = setting(factory=tuple)
     first_time_recipients: FirstTimeRecipients = setting(factory=FirstTimeRecipients)
 
-    def validate_node(self) -> list[str]:
-        names = [r.label for r in self.rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            return [f"rules: names must be distinct; {', '.join(dupes)} given twice (set name:)"]
-        return []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.label in seen:
+                why = f"rule names must be distinct; {rule.label} given twice (set name:)"
+                problems.append(FieldProblem(f"rules[{i}]", why))
+            seen.add(rule.label)
+        return problems
 
 
 @dataclass(frozen=True, slots=True)
-class SenderLoginSettings:
+class SenderLoginSettings(CheckSettings):
     """An authenticated user may use only MAIL FROM addresses mapped to them."""
 
     enabled: bool = setting(False)
-    mode: Mode = setting(Mode.ENFORCE)
     # login -> addresses it may send as; `@domain` allows the whole domain.
     map: Mapping[str, tuple[str, ...]] = setting(
         factory=lambda: MappingProxyType({}), doc="login -> addresses"
@@ -175,15 +190,12 @@ class SenderLoginSettings:
     # Bounces and auto-replies use the null sender <>; no one owns it.
     allow_null_sender: bool = setting(True)
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         for login, addresses in self.map.items():
-            for addr in addresses:
-                if not _address_pattern_ok(addr):
-                    problems.append(f"map.{login}: {addr!r} is not user@domain or @domain")
+            for i, addr in enumerate(addresses):
+                if not is_address_pattern(addr):
+                    problems.append(
+                        FieldProblem(f"map.{login}[{i}]", f"{addr!r} is not user@domain or @domain")
+                    )
         return problems
-
-
-def _address_pattern_ok(text: str) -> bool:
-    _local, at, domain = text.partition("@")
-    return bool(at) and bool(domain) and "@" not in domain and " " not in text

@@ -15,12 +15,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
-from postwarden.config.sections.common import Mode
+from postwarden.config.sections.common import CheckSettings
 from postwarden.config.units import Duration, Network
 
-# RFC 7208 section 2.6: the seven results check_host() can return.
-SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperror")
+
+class SpfResult(StrEnum):
+    """RFC 7208 section 2.6: the seven results check_host() can return."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SOFTFAIL = "softfail"
+    NEUTRAL = "neutral"
+    NONE = "none"
+    PERMERROR = "permerror"
+    TEMPERROR = "temperror"
 
 
 class SpfAction(StrEnum):
@@ -51,11 +61,10 @@ class HeloCheck(StrEnum):
     ALWAYS = "always"
 
 
-def _actions(**overrides: SpfAction) -> Mapping[str, SpfAction]:
-    base = {result: SpfAction.PREPEND for result in SPF_RESULTS}
-    base["fail"] = SpfAction.REJECT
-    base["temperror"] = SpfAction.DEFER
-    base.update(overrides)
+def _actions() -> Mapping[SpfResult, SpfAction]:
+    base = {result: SpfAction.PREPEND for result in SpfResult}
+    base[SpfResult.FAIL] = SpfAction.REJECT
+    base[SpfResult.TEMPERROR] = SpfAction.DEFER
     return types.MappingProxyType(base)
 
 
@@ -82,28 +91,27 @@ class SpfWhitelist:
         factory=tuple, doc="MAIL FROM domains; '.example.com' also matches subdomains"
     )
 
-    def validate_node(self) -> list[str]:
-        problems = []
+    def validate_node(self) -> list[Finding]:
+        problems: list[Finding] = []
         for label, names in (
             ("helo_names", self.helo_names),
             ("sender_domains", self.sender_domains),
         ):
-            for name in names:
+            for i, name in enumerate(names):
                 bare = name.lstrip(".")
                 if not bare or " " in bare or "@" in bare or ".." in bare:
-                    problems.append(f"{label}: {name!r} is not a domain name")
+                    problems.append(FieldProblem(f"{label}[{i}]", f"{name!r} is not a domain name"))
         return problems
 
 
 @dataclass(frozen=True, slots=True)
-class SpfSettings:
+class SpfSettings(CheckSettings):
     enabled: bool = setting(False)
-    mode: Mode = setting(Mode.ENFORCE)
     helo_check: HeloCheck = setting(HeloCheck.NULL_SENDER)
-    mailfrom_actions: Mapping[str, SpfAction] = setting(
+    mailfrom_actions: Mapping[SpfResult, SpfAction] = setting(
         factory=lambda: DEFAULT_MAILFROM_ACTIONS, doc="SPF result -> action for MAIL FROM"
     )
-    helo_actions: Mapping[str, SpfAction] = setting(
+    helo_actions: Mapping[SpfResult, SpfAction] = setting(
         factory=lambda: DEFAULT_HELO_ACTIONS, doc="SPF result -> action for HELO"
     )
     skip_authenticated: bool = setting(True, doc="SASL clients are ours: no SPF")
@@ -121,35 +129,29 @@ class SpfSettings:
     )
     threads: int = setting(16, min=1, max=512, doc="concurrent SPF evaluations")
 
-    def validate_node(self) -> list[str]:
-        problems = []
-        for label, table in (
-            ("mailfrom_actions", self.mailfrom_actions),
-            ("helo_actions", self.helo_actions),
-        ):
-            for result in table:
-                if result not in SPF_RESULTS:
-                    problems.append(
-                        f"{label}: unknown SPF result {result!r} (known: {', '.join(SPF_RESULTS)})"
-                    )
+    def validate_node(self) -> list[Finding]:
+        # Unknown SPF results in the action tables are refused by the loader
+        # (the keys are a SpfResult), at the key's own line.
+        problems: list[Finding] = []
         try:
             names = {
                 f for _, f, _, _ in string.Formatter().parse(self.reject_text) if f is not None
             }
         except ValueError as exc:
-            problems.append(f"reject_text: {exc}")
+            problems.append(FieldProblem("reject_text", str(exc)))
         else:
             unknown = names - REPLY_FIELDS
             if unknown:
-                problems.append(
-                    f"reject_text: unknown placeholder(s) {', '.join(sorted(unknown))} "
-                    f"(known: {', '.join(sorted(REPLY_FIELDS))})"
-                )
+                problems.append(FieldProblem(
+                    "reject_text",
+                    f"unknown placeholder(s) {', '.join(sorted(unknown))} "
+                    f"(known: {', '.join(sorted(REPLY_FIELDS))})",
+                ))  # fmt: skip
         if self.query_timeout > self.time_budget:
-            problems.append("query_timeout must not exceed time_budget")
+            problems.append(FieldProblem("query_timeout", "must not exceed time_budget"))
         return problems
 
-    def actions_for(self, identity: str) -> Mapping[str, SpfAction]:
+    def actions_for(self, identity: str) -> Mapping[SpfResult, SpfAction]:
         """The full table for `identity` ("mailfrom" or "helo"): given keys over defaults."""
         table = self.helo_actions if identity == "helo" else self.mailfrom_actions
         default = DEFAULT_HELO_ACTIONS if identity == "helo" else DEFAULT_MAILFROM_ACTIONS

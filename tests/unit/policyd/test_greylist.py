@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import greylist
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, build_pipeline, evaluate
+from policyd.pipeline import build_pipeline, evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem
@@ -560,8 +561,8 @@ policyd:
     with pytest.raises(ConfigError) as exc:
         load_config_text(text, "pw.yaml")
     (problem,) = exc.value.problems
-    assert problem.file == "pw.yaml" and problem.line == 3
-    assert "whitelist_clients[0]" in problem.message
+    assert problem.file == "pw.yaml" and problem.line == 4
+    assert problem.key == "policyd.greylist.whitelist_clients[0]"
 
 
 def test_postgrey_debian_whitelist_files_load() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, evaluate
+from policyd.pipeline import evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.schema import Settings

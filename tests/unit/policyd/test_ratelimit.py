@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import ratelimit
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, evaluate
+from policyd.pipeline import evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.load import load_config_text

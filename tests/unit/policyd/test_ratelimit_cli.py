@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from policyd.check import CheckContext
 from policyd.checks import ratelimit
-from policyd.pipeline import CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.cli import main
 from postwarden.clock import ManualClock

@@ -114,7 +114,7 @@ def test_cross_field_problems_are_refused(
 def test_client_override_must_be_a_network(tmp_path: Path) -> None:
     text = GOOD.replace("ipv4_prefix: 26", "ipv4_prefix: 26\n        overrides: {mailer: []}")
     assert problems(tmp_path, text) == [
-        "F:11: policyd.ratelimit.rules[1]: overrides: 'mailer' is not an IP address or CIDR"
+        "F:14: policyd.ratelimit.rules[1].overrides.mailer: 'mailer' is not an IP address or CIDR"
     ]
 
 
@@ -124,6 +124,6 @@ def test_bytes_cannot_key_on_recipient(tmp_path: Path) -> None:
         "key: recipient_domain\n        count: bytes",
     )
     assert problems(tmp_path, text) == [
-        "F:11: policyd.ratelimit.rules[1]: count bytes cannot key on recipient_domain "
+        "F:12: policyd.ratelimit.rules[1].count: bytes cannot key on recipient_domain "
         "(counted per message)"
     ]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import sender_login
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem
@@ -116,7 +116,7 @@ def test_map_file_lines_load_and_bad_lines_warn_with_file_and_line(tmp_path: Pat
     assert sender_login.evaluate(cfg, owned, req) is None
 
 
-def test_bad_inline_map_address_is_a_config_error_at_the_block_line(tmp_path: Path) -> None:
+def test_bad_inline_map_address_is_a_config_error_at_its_own_line(tmp_path: Path) -> None:
     f = tmp_path / "pw.yaml"
     f.write_text(
         "policyd:\n  sender_login:\n    enabled: true\n    map:\n      alice: [alice]\n",
@@ -125,7 +125,7 @@ def test_bad_inline_map_address_is_a_config_error_at_the_block_line(tmp_path: Pa
     with pytest.raises(ConfigError) as err:
         load_config(f)
     assert str(err.value) == (
-        f"{f}:3: policyd.sender_login: map.alice: 'alice' is not user@domain or @domain"
+        f"{f}:5: policyd.sender_login.map.alice[0]: 'alice' is not user@domain or @domain"
     )
 
 

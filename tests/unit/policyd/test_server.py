@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext
 from policyd.protocol import PolicyRequest, encode_request
 from policyd.server import PolicyServer
 from postwarden.clock import ManualClock

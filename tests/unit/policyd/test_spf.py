@@ -19,16 +19,17 @@ import pytest
 import spf
 import yaml
 
+from policyd.check import BuiltCheck, CheckContext
 from policyd.checks import spf as spf_check
 from policyd.checks.spf import SpfCheck, build, received_spf
 from policyd.decision import Decision, Verb
-from policyd.pipeline import BuiltCheck, CheckContext, evaluate
+from policyd.pipeline import evaluate
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.errors import ConfigError, ConfigProblem
 from postwarden.config.load import load_config_text
 from postwarden.config.schema import Mode, RedisSettings, Settings
-from postwarden.config.sections.spf import SpfAction
+from postwarden.config.sections.spf import SpfAction, SpfResult
 from postwarden.errors import StoreUnavailable
 from postwarden.store.client import AsyncStore, open_async_store
 from postwarden.store.embedded import EmbeddedRedis
@@ -231,7 +232,9 @@ def test_received_spf_has_the_rfc_7208_section_9_1_fields(dns_server: DnsServer)
 
 
 def test_received_spf_quotes_hostile_values() -> None:
-    ev = spf_check.Evaluation("mailfrom", "permerror", problem='bad "record" (x)\r\nX-Evil: 1')
+    ev = spf_check.Evaluation(
+        "mailfrom", SpfResult.PERMERROR, problem='bad "record" (x)\r\nX-Evil: 1'
+    )
     header = received_spf(ev, ip=CLIENT, sender="a@b.example", helo='evil"helo\n', receiver="mx")
     assert "\n" not in header and "\r" not in header
     assert 'helo="evil\\"helo";' in header
@@ -648,16 +651,17 @@ def test_time_spent_waiting_for_a_thread_counts_against_the_budget(dns_server: D
 def test_partial_action_table_keeps_the_other_defaults(dns_server: DnsServer) -> None:
     settings = settings_for(dns_server, "mailfrom_actions: {softfail: reject}")
     table = settings.policyd.spf.actions_for("mailfrom")
-    assert table["softfail"] is SpfAction.REJECT
-    assert table["fail"] is SpfAction.REJECT and table["temperror"] is SpfAction.DEFER
-    assert table["pass"] is SpfAction.PREPEND
+    assert table[SpfResult.SOFTFAIL] is SpfAction.REJECT
+    assert table[SpfResult.FAIL] is SpfAction.REJECT
+    assert table[SpfResult.TEMPERROR] is SpfAction.DEFER
+    assert table[SpfResult.PASS] is SpfAction.PREPEND
 
 
 @pytest.mark.parametrize(
     ("spf_yaml", "message"),
     [
         pytest.param(
-            "mailfrom_actions: {passs: reject}", "unknown SPF result 'passs'", id="typo-result"
+            "mailfrom_actions: {passs: reject}", "expected one of pass, fail", id="typo-result"
         ),
         pytest.param("helo_actions: {fail: bounce}", "expected one of reject", id="unknown-action"),
         pytest.param('reject_text: "{why}"', "unknown placeholder(s) why", id="bad-placeholder"),
@@ -707,16 +711,47 @@ def test_each_evaluated_message_is_counted_for_stat(dns_server: DnsServer) -> No
     assert ctx.stats.take() == {"spf_fail": 1, "spf_pass": 1}
 
 
-@pytest.mark.expect_log("WARNING", "spf: evaluation error")
-def test_a_crash_inside_pyspf_is_a_permerror_not_an_exception() -> None:
-    def broken(name: str, qtype: str, timeout: float) -> list[Any]:
-        raise RuntimeError("resolver bug")
+def _broken_lookup(name: str, qtype: str, timeout: float) -> list[Any]:
+    raise RuntimeError("resolver bug")
 
-    ev = spf_check.evaluate(
-        CLIENT, "a@pass.example", "helo.invalid", "mailfrom", broken,
-        receiver="mx", query_timeout=1.0, budget=1.0,
-    )  # fmt: skip
-    assert (ev.result, ev.problem) == ("permerror", "evaluation error")
+
+class _BrokenLookup(spf_check.DnsLookup):
+    """Our DNS hook with a bug in it."""
+
+    def __call__(self, name: str, qtype: str, timeout: float) -> list[Any]:
+        return _broken_lookup(name, qtype, timeout)
+
+
+def test_a_crash_inside_the_evaluation_is_an_error_not_a_permerror() -> None:
+    with pytest.raises(spf_check.SpfEvaluationError, match="resolver bug"):
+        spf_check.evaluate(
+            CLIENT, "a@pass.example", "helo.invalid", "mailfrom", _broken_lookup,
+            receiver="mx", query_timeout=1.0, budget=1.0,
+        )  # fmt: skip
+
+
+def test_a_crash_is_never_cached_and_reaches_the_server_as_an_error(
+    dns_server: DnsServer, redis_server: EmbeddedRedis
+) -> None:
+    # Given permerror: reject, a Redis cache, and a bug in the DNS hook
+    settings = settings_for(dns_server, "cache_ttl: 5m\nmailfrom_actions: {permerror: reject}")
+
+    async def body(store: AsyncStore) -> list[bytes]:
+        check = SpfCheck(settings)
+        check.lookup = _BrokenLookup(check.lookup.resolver)
+        ctx = CheckContext(settings=settings, store=store, clock=ManualClock())
+        # When a request is checked, Then the crash propagates (the server
+        # answers with on_error, see test_server) instead of a 550
+        with pytest.raises(spf_check.SpfEvaluationError):
+            await check.run(request(sender="a@pass.example", instance="c1"), ctx)
+        keys: list[bytes] = await store.redis.keys("*")
+        # And a healthy evaluation afterwards is not shadowed by a cached error
+        healthy = SpfCheck(settings)
+        answer = await healthy.run(request(sender="a@pass.example", instance="c2"), ctx)
+        assert result_in(answer) == "pass"
+        return keys
+
+    assert run_with_store(redis_server, body) == []
 
 
 def test_mail_from_result_is_noted_for_greylisting(dns_server: DnsServer) -> None:

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 import yaml
 
+from policyd.check import CheckContext
 from policyd.checks.spf import SpfCheck
 from policyd.decision import Verb
-from policyd.pipeline import CheckContext
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.clock import ManualClock
 from postwarden.config.schema import DnsSettings, Settings

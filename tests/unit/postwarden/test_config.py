@@ -88,19 +88,19 @@ def test_duplicate_key_is_an_error() -> None:
     assert problems("state_dir: /a\nstate_dir: /b\n") == ["pw.yaml:2: state_dir: key given twice"]
 
 
-def test_cross_field_checks_report_the_block() -> None:
-    out = problems("redis:\n  url: http://x\n")
+def test_block_checks_report_the_field_at_its_own_line() -> None:
+    out = problems("redis:\n  prefix: x\n\n  url: http://x\n")
     assert out == [
-        "pw.yaml:2: redis: url must start with redis://, rediss:// or unix://, got 'http://x'"
+        "pw.yaml:4: redis.url: must start with redis://, rediss:// or unix://, got 'http://x'"
     ]
-    out = problems("policyd:\n  order: [spf, dkim]\n")
-    assert "unknown check 'dkim'" in out[0]
+    out = problems("policyd:\n  order:\n    - spf\n    - dkim\n")
+    assert out[0].startswith("pw.yaml:4: policyd.order[1]: unknown check 'dkim'")
 
 
 def test_access_rule_actions_are_validated_at_load() -> None:
     out = problems("policyd:\n  access:\n    rules:\n      - {sender: a@b, action: 'BOUNCE x'}\n")
     assert out[0].startswith(
-        "pw.yaml:4: policyd.access.rules[0]: action 'BOUNCE x' is not a Postfix"
+        "pw.yaml:4: policyd.access.rules[0].action: 'BOUNCE x' is not a Postfix"
     )
 
 

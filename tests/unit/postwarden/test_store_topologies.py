@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from policyd.pipeline import CheckContext, build_pipeline, evaluate
+from policyd.check import CheckContext
+from policyd.pipeline import build_pipeline, evaluate
 from policyd.protocol import PolicyRequest, RequestParser, encode_request
 from postwarden.clock import ManualClock
 from postwarden.config import ConfigProblem, load_config_text
