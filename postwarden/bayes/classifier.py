@@ -33,17 +33,19 @@ class BayesResult:
     tokens_used: int = 0
 
     def spam_confidence(self, settings: BayesSettings) -> float:
-        """0..1: how far past `spam_probability` towards certainty."""
-        if self.probability is None or self.probability < settings.spam_probability:
+        """0 below `spam_probability`; from there the distance from a neutral
+        0.5 towards certainty (0.9 -> 0.8, 0.999 -> 0.998): BAYES_SPAM's weight,
+        as Rspamd scales its Bayes symbols by probability."""
+        p = self.probability
+        if p is None or p < settings.spam_probability:
             return 0.0
-        span = 1.0 - settings.spam_probability
-        return 1.0 if span <= 0 else min(1.0, (self.probability - settings.spam_probability) / span)
+        return min(1.0, max(0.0, (p - 0.5) * 2))
 
     def ham_confidence(self, settings: BayesSettings) -> float:
-        if self.probability is None or self.probability > settings.ham_probability:
+        p = self.probability
+        if p is None or p > settings.ham_probability:
             return 0.0
-        span = settings.ham_probability
-        return 1.0 if span <= 0 else min(1.0, (settings.ham_probability - self.probability) / span)
+        return min(1.0, max(0.0, (0.5 - p) * 2))
 
 
 def token_ids(msg: email.message.Message) -> list[str]:
