@@ -259,11 +259,13 @@ def bench_spamassassin(split: Split, work: Path) -> Result:
     home.mkdir(mode=0o777)
     os.chmod(home, 0o777)
     pidfile = work / "spamd.pid"
+    spamd_log = open(work / "spamd.log", "wb")  # noqa: SIM115 - closed in finally
     spamd = subprocess.Popen(
         ["spamd", "--local", "--listen", f"127.0.0.1:{port}", "--max-children", "2",
          "--siteconfigpath", str(site), "--helper-home-dir", str(home), "--nouser-config",
          "--pidfile", str(pidfile), *(["-u", "nobody"] if os.geteuid() == 0 else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # spamd logs to stderr: a file, never an unread pipe (it would block).
+        stdout=subprocess.DEVNULL, stderr=spamd_log,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -291,6 +293,7 @@ def bench_spamassassin(split: Split, work: Path) -> Result:
     finally:
         spamd.terminate()
         spamd.wait(30)
+        spamd_log.close()
     bayes_used = sum(1 for _, b, _ in rows if b)
     assert bayes_used > len(rows) * 0.9, "SpamAssassin's Bayes did not take part"
     scores = [(m.spam, s) for m, (s, _, _) in zip(split.test, rows, strict=True)]
