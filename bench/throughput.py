@@ -70,6 +70,15 @@ class RunResult:
     rate: float
     ok: bool
     error: str = ""
+    # CPU the milter process spent per timed message (user + system, all its
+    # threads): unlike the rate, barely moved by other load on the machine.
+    milter_cpu_ms: float | None = None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (proc(5): stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _log(text: str) -> None:
@@ -104,18 +113,28 @@ def _send_python(host: str, port: int, messages: int, sessions: int, size: int) 
 
 
 def _send(
-    host: str, port: int, messages: int, sessions: int, size: int, client: str, timeout: float
+    host: str,
+    port: int,
+    messages: int,
+    sessions: int,
+    size: int,
+    client: str,
+    timeout: float,
+    message_file: Path | None = None,
 ) -> None:
+    """`message_file` (smtp-source only): send that message (LF line ends)
+    instead of smtp-source's generated one."""
     if client == "smtp-source":
         assert SMTP_SOURCE is not None
         argv = [
             SMTP_SOURCE,
             "-s", str(sessions),
             "-m", str(messages),
-            "-l", str(size),
+            *(["-l", str(size)] if message_file is None else []),
             "-f", "bench@example.org",
             "-t", "sink@example.net",
             "-M", "client.bench.test",
+            *(["-F", str(message_file)] if message_file is not None else []),
             f"{host}:{port}",
         ]  # fmt: skip
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -183,28 +202,30 @@ class Bench:
             # Warm-up: spawn smtpd/cleanup/smtp processes and the milter's
             # first connections outside the timed window.
             warm = min(a.warmup, a.messages)
+            message_file = getattr(a, "message_file", None)
             if warm:
                 _send(postfix.host, postfix.port, warm, min(a.sessions, warm), a.size,
-                      a.client, a.timeout)  # fmt: skip
+                      a.client, a.timeout, message_file)  # fmt: skip
                 self.sink.wait_for(warm, a.timeout)
             self.sink.clear()
+            cpu_before = _cpu_seconds(service.pid) if service is not None else 0.0
             start = time.monotonic()
             error = ""
             client_seconds = float("nan")
             try:
                 _send(postfix.host, postfix.port, a.messages, a.sessions, a.size, a.client,
-                      a.timeout)  # fmt: skip
+                      a.timeout, message_file)  # fmt: skip
                 client_seconds = time.monotonic() - start
                 self.sink.wait_for(a.messages, max(1.0, a.timeout - client_seconds))
             except (TimeoutError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 error = str(exc).splitlines()[0]
             seconds = time.monotonic() - start
             delivered = self.sink.count
-            if not error and service is not None:
-                # Check the milter really ran: its header is on every message.
-                stamped = sum(1 for m in self.sink.messages if m.header("X-Postwarden-Noop"))
-                if stamped != delivered:
-                    error = f"only {stamped} of {delivered} messages carry X-Postwarden-Noop"
+            cpu_ms = None
+            if service is not None and delivered:
+                cpu_ms = round(1000 * (_cpu_seconds(service.pid) - cpu_before) / delivered, 3)
+            if not error:
+                error = self.check_delivered(config, service, delivered)
             return RunResult(
                 config=config,
                 round=round_no,
@@ -215,6 +236,7 @@ class Bench:
                 rate=round(delivered / seconds, 1) if seconds > 0 else 0.0,
                 ok=not error and delivered == a.messages,
                 error=error,
+                milter_cpu_ms=cpu_ms,
             )
         finally:
             postfix.stop()
@@ -222,6 +244,16 @@ class Bench:
                 service.stop()
                 self.services.remove(service)
             self.sink.clear()
+
+    def check_delivered(self, config: str, service: ServiceProcess | None, delivered: int) -> str:
+        """Why the run does not count ("" = it does): the milter really ran,
+        so its header is on every delivered message."""
+        if service is None:
+            return ""
+        stamped = sum(1 for m in self.sink.messages if m.header("X-Postwarden-Noop"))
+        if stamped != delivered:
+            return f"only {stamped} of {delivered} messages carry X-Postwarden-Noop"
+        return ""
 
 
 def summarize(results: Sequence[RunResult], configs: Sequence[str]) -> dict[str, object]:
@@ -238,8 +270,10 @@ def summarize(results: Sequence[RunResult], configs: Sequence[str]) -> dict[str,
             if config in rounds and "none" in rounds
             and rounds[config].ok and rounds["none"].ok and rounds["none"].rate > 0
         ]  # fmt: skip
+        cpu = [r.milter_cpu_ms for r in runs if r.milter_cpu_ms is not None]
         summary[config] = {
             "median_rate": round(statistics.median(r.rate for r in runs), 1) if runs else None,
+            "milter_cpu_ms": round(statistics.median(cpu), 3) if cpu else None,
             "ratio_to_none": round(statistics.median(ratios), 3) if ratios else None,
             "rounds_ok": len(runs),
         }
@@ -247,7 +281,7 @@ def summarize(results: Sequence[RunResult], configs: Sequence[str]) -> dict[str,
 
 
 def _table(summary: dict[str, object], results: Sequence[RunResult]) -> str:
-    lines = [f"{'config':<14} {'msgs/s':>8} {'ratio':>7}  rounds (msgs/s)"]
+    lines = [f"{'config':<14} {'msgs/s':>8} {'ratio':>7} {'cpu ms':>7}  rounds (msgs/s)"]
     for config, s in summary.items():
         assert isinstance(s, dict)
         rates = " ".join(
@@ -257,7 +291,8 @@ def _table(summary: dict[str, object], results: Sequence[RunResult]) -> str:
         )
         rate = "-" if s["median_rate"] is None else f"{s['median_rate']:.0f}"
         ratio = "-" if s["ratio_to_none"] is None else f"{s['ratio_to_none']:.2f}"
-        lines.append(f"{config:<14} {rate:>8} {ratio:>7}  {rates}")
+        cpu = "-" if s.get("milter_cpu_ms") is None else f"{s['milter_cpu_ms']:.2f}"
+        lines.append(f"{config:<14} {rate:>8} {ratio:>7} {cpu:>7}  {rates}")
     return "\n".join(lines)
 
 

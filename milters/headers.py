@@ -67,9 +67,10 @@ from milters.header_lines import (
 )
 from milters.header_regex_worker import FallbackWorker
 from milters.message import Action, Envelope, HeaderEdit, HeaderOp, Message, Verdict
+from milters.pipeline import HIDDEN_TOP_HEADERS  # Postfix's own Received: header
 from milters.regexp_table import Dialect, Table, load_table
 from postwarden import logs
-from postwarden.budget import Budget
+from postwarden.budget import Budget, BudgetExceeded
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Settings
 from postwarden.config.sections.headers import Form, HeaderRule, HeadersMilterSettings, Scope
@@ -81,11 +82,6 @@ log = logging.getLogger("postwarden.milter.headers")
 
 # cleanup: CLEANUP_STAT_WRITE after a map lookup error ("try again later").
 LOOKUP_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
-# Postfix hides its own Received: header from smtpd milters but counts it in
-# an insert index (measured with Postfix 3.7: insheader(0) lands above it;
-# chgheader occurrence numbers do not count it). So "above the milter's
-# header i" is insert index i + 1.
-HIDDEN_TOP_HEADERS = 1
 _EDIT_VERBS = (Verb.PREPEND, Verb.REPLACE, Verb.IGNORE, Verb.STRIP)
 
 
@@ -211,7 +207,10 @@ class HeadersEngine:
         # same rule decides here; the decoded form only gets what is left.
         for form, key in forms:
             for table in self.tables[cls]:
-                hit = table.lookup(key)
+                try:
+                    hit = table.lookup(key)
+                except BudgetExceeded as exc:  # a fallback match ran out of time
+                    raise BudgetExceeded(f"{where}, {table.path}: {exc.where}") from None
                 if hit is None:
                     continue
                 action = self._action(hit.result, context)
@@ -249,8 +248,14 @@ class HeadersEngine:
 
     # -- the message --------------------------------------------------------
     def evaluate(self, msg: Message, env: Envelope, ctx: MessageContext) -> Verdict:
+        # Fallback matches (patterns RE2 cannot run) take one pooled child
+        # for this message and end by its budget, so a slow message neither
+        # outlasts its budget nor holds up other connections.
+        with self.fallback.session(ctx.budget):
+            return self._evaluate(msg, env, ctx.budget)
+
+    def _evaluate(self, msg: Message, env: Envelope, budget: Budget) -> Verdict:
         s = self.settings
-        budget = ctx.budget
         state = CleanupState()
         warns: list[Decision] = []
         prepends: dict[int, list[str]] = {}

@@ -38,6 +38,12 @@ from postwarden.replies import BUDGET_EXCEEDED, SERVICE_UNAVAILABLE
 log = logging.getLogger("postwarden.milter")
 
 WARN_HEADER = "X-Postwarden-Warn"
+# Postfix hides its own Received: header from smtpd milters but counts it in
+# an insert index (measured with Postfix 3.7: insheader(0) lands above it;
+# chgheader occurrence numbers do not count it). So "above the milter's
+# header i" is insert index i + 1, and insert index n lands at position
+# n - 1 of the headers a milter sees.
+HIDDEN_TOP_HEADERS = 1
 # After the deadline, how long a cooperative engine gets to raise
 # BudgetExceeded itself, so the log names the slow step (a rule, a zone).
 NAMING_GRACE = 0.05
@@ -220,7 +226,8 @@ def apply_edits(msg: Message, verdict: Verdict) -> Message:
         if e.op is HeaderOp.ADD:
             headers.append(Header(e.name, value))
         elif e.op is HeaderOp.INSERT:
-            headers.insert(max(0, min(e.index, len(headers))), Header(e.name, value))
+            at = e.index - HIDDEN_TOP_HEADERS
+            headers.insert(max(0, min(at, len(headers))), Header(e.name, value))
         else:
             low = e.name.lower()
             seen = 0

@@ -22,7 +22,7 @@ import time
 from milters import adapter, registry
 from milters.context import ServiceContext
 from milters.pipeline import Runner, Stage
-from postwarden import metrics, sdnotify
+from postwarden import metrics, privileges, sdnotify, sockets
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.errors import StoreUnavailable
 from postwarden.stats import FLUSH_INTERVAL
@@ -103,13 +103,13 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    old_umask = os.umask(0o111)  # socket rw for Postfix's smtpd (user postfix)
-    thread = threading.Thread(target=loop, name=f"libmilter-{name}", daemon=True)
-    thread.start()
-    try:
+    with sockets.private_umask():  # 0600 until granted to Postfix's group
+        thread = threading.Thread(target=loop, name=f"libmilter-{name}", daemon=True)
+        thread.start()
         _wait_for_socket(sock.path if sock.kind == "unix" else "", stop)
-    finally:
-        os.umask(old_umask)
+    if not stop.is_set():
+        sockets.grant(sock, settings.privileges)
+        privileges.drop(settings.privileges)  # every thread, before Postfix can connect
     if sock.kind == "inet":
         _set_nodelay(sock.port)
     log.info("milter %s listening on %s", name, sock)
@@ -130,7 +130,7 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
     if sock.kind == "unix":
         try:
             os.unlink(sock.path)
-        except FileNotFoundError:
+        except OSError:  # gone, or a directory the dropped user cannot write
             pass
     # Let open sessions finish (bounded), then leave without waiting for
     # libmilter's own teardown.

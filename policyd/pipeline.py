@@ -12,6 +12,7 @@ restrictions still run.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from policyd.check import Builder, BuiltCheck, CheckContext
 from policyd.decision import DUNNO, Decision, Verb
 from policyd.protocol import PolicyRequest
 from policyd.registry import specs
+from postwarden import metrics
 from postwarden.config.errors import ConfigProblem
 from postwarden.config.schema import Mode, Settings
 
@@ -97,7 +99,9 @@ async def evaluate(checks: Sequence[BuiltCheck], req: PolicyRequest, ctx: CheckC
     for check in checks:
         if req.protocol_state not in check.states:
             continue
+        started = time.perf_counter()
         decision = await check.run(req, ctx)
+        metrics.CHECK_LATENCY.labels(check.name).observe(time.perf_counter() - started)
         if decision is None or decision.verb is Verb.DUNNO:
             continue
         if not decision.check:

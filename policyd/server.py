@@ -77,9 +77,8 @@ class PolicyServer:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            # Mode and owner: policyd/service.py (postwarden.sockets.grant).
             self._server = await asyncio.start_unix_server(self._handle, path=path)
-            # Postfix's smtpd (user postfix) must be able to connect.
-            os.chmod(path, 0o666)
         else:
             self._server = await asyncio.start_server(
                 self._handle, host=sock.host or None, port=sock.port, reuse_address=True
@@ -109,7 +108,9 @@ class PolicyServer:
             await self._server.wait_closed()
         sock = self.settings.policyd.socket
         if sock.kind == "unix":
-            with contextlib.suppress(FileNotFoundError):
+            # OSError: after dropping root the directory may not be ours
+            # (Postfix's private/); the next start as root replaces it.
+            with contextlib.suppress(OSError):
                 os.unlink(sock.path)
 
     def reload(self, settings: Settings, checks: Sequence[BuiltCheck]) -> None:

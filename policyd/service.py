@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from policyd.check import BuiltCheck, CheckContext
 from policyd.pipeline import build_pipeline
 from policyd.server import PolicyServer
-from postwarden import metrics, sdnotify
+from postwarden import metrics, privileges, sdnotify, sockets
 from postwarden.clock import SystemClock
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.config.errors import ConfigProblem
@@ -68,13 +68,18 @@ async def serve(config_path: str, settings: Settings) -> int:
     owned = None
     if uses_embedded(settings):
         # Starting redis-server polls until it answers: not on the event loop.
-        _, owned = await asyncio.to_thread(embedded.ensure, settings.state_dir)
+        # Started by root, it runs as the service user (privileges).
+        run_as = privileges.effective(settings.privileges)
+        _, owned = await asyncio.to_thread(embedded.ensure, settings.state_dir, run_as=run_as)
     store = open_configured_async_store(settings)
     ctx = CheckContext(settings=settings, store=store, clock=SystemClock())
     server = PolicyServer(settings, checks, ctx)
     if settings.metrics.enabled and not os.environ.get(metrics.MULTIPROC_ENV):
         metrics.serve(settings.metrics.listen)  # alone; under `run` the supervisor serves
-    await server.start()
+    with sockets.private_umask():  # 0600 until granted to Postfix's group
+        await server.start()
+    sockets.grant(settings.policyd.socket, settings.privileges)
+    privileges.drop(settings.privileges)  # before the first request is read
     flusher = asyncio.create_task(_flush_stats(ctx, store))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

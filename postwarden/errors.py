@@ -25,3 +25,10 @@ class ResolverUnavailable(PostwardenError):
 
 class EmbeddedRedisError(PostwardenError):
     """The private redis-server could not be started."""
+
+
+class StartupError(PostwardenError):
+    """A service cannot start until the admin fixes something outside the
+    config's syntax (a missing user, a socket directory Postfix cannot
+    reach, a port in use). The message says what to fix; exit status 78
+    (EX_CONFIG), so systemd's RestartPreventExitStatus stops retrying."""

@@ -11,10 +11,14 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import logging.handlers
+import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+
+from postwarden.errors import StartupError
 
 queue_id: contextvars.ContextVar[str] = contextvars.ContextVar("queue_id", default="")
 message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", default="")
@@ -59,12 +63,58 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def setup(level: str = "info", fmt: str = "text", stream: object = None) -> None:
-    """Configure the root logger once per process (stderr; journald reads it)."""
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+class SyslogFormatter(logging.Formatter):
+    """`postwarden/policyd[123]: 4F2XQ1: message`: the tag and pid as Postfix
+    writes them, then the queue ID first, so one grep finds both."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = record.name.split(".")
+        tag = "/".join(parts[:2]) if parts[0] == "postwarden" else "postwarden/" + parts[0]
+        # Postfix marks problems the same way: "warning: ...", "error: ...".
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        text = f"{tag}[{record.process}]: {getattr(record, 'context', '')}{level}"
+        text += record.getMessage()
+        if record.exc_info:
+            text += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return text
+
+
+def setup(
+    level: str = "info",
+    fmt: str = "text",
+    stream: object = None,
+    *,
+    target: str = "stderr",
+    syslog_address: str = "/dev/log",
+) -> None:
+    """Configure the root logger once per process.
+
+    target "stderr" (journald reads a unit's stderr) or "syslog": the local
+    syslog socket, facility mail, so lines land in mail.log next to
+    Postfix's own. `fmt` json applies to either.
+    """
+    handler: logging.Handler
+    if target == "syslog":
+        try:
+            # SysLogHandler ignores a missing socket (and then drops every
+            # line); probe it first so the start fails instead.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(syslog_address)
+            handler = logging.handlers.SysLogHandler(
+                address=syslog_address, facility=logging.handlers.SysLogHandler.LOG_MAIL
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"log.target: syslog: cannot reach {syslog_address} ({exc.strerror});"
+                " start rsyslog or systemd-journald, or set log.target: stderr"
+            ) from None
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.addFilter(ContextFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+    elif target == "syslog":
+        handler.setFormatter(SyslogFormatter())
     else:
         formatter = logging.Formatter(_DEFAULT_FORMAT)
         formatter.converter = time.gmtime

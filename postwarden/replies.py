@@ -60,6 +60,10 @@ SERVICE_UNAVAILABLE = Reply(451, "4.3.0", "Temporary local problem, please try a
 BUDGET_EXCEEDED = Reply(451, "4.3.0", "Message not checked in time, please try again later")
 # Message content.
 CONTENT_REJECTED = Reply(554, "5.7.1", "Message content rejected")
+# Attachments: 5.7.1 "delivery not authorized, message refused" (RFC 3463);
+# the milter puts the file name and the class (or the virus) in the text.
+ATTACHMENT_REJECTED = Reply(550, "5.7.1", "Message refused: attachment not allowed")
+VIRUS_REJECTED = Reply(550, "5.7.1", "Message refused: virus found")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 # SPF (RFC 7372 registers 5.7.23 for SPF validation failure; 4.4.3 is a DNS fault).
 SPF_FAIL = Reply(550, "5.7.23", "SPF validation failed")
@@ -67,6 +71,9 @@ SPF_TEMPERROR = Reply(451, "4.4.3", "SPF temporary error, please try again later
 SPF_PERMERROR = Reply(550, "5.7.24", "SPF validation error")
 SPF_FAIL_DEFER = Reply(450, "4.7.23", "SPF validation failed, please try again later")
 SPF_PERMERROR_DEFER = Reply(451, "4.7.24", "SPF validation error, please try again later")
+# DMARC (RFC 7489 section 6.6.3): "5.7.1" as OpenDMARC rejects; the text
+# names the policy so the sender's admin knows what to fix.
+DMARC_REJECT = Reply(550, "5.7.1", "Email rejected per DMARC policy")
 # Greylisting: 4.7.1 "delivery not authorized" temporary, as postgrey answers.
 GREYLISTED = Reply(450, "4.7.1", "Greylisted, please try again later")
 # Rate limits.

@@ -7,9 +7,33 @@ point this at a DNS server they start on loopback.
 
 from __future__ import annotations
 
+from typing import Any
+
+import dns.exception
 import dns.resolver
 
+from postwarden import metrics
 from postwarden.config.schema import DnsSettings
+
+
+def _count_failure(exc: BaseException) -> None:
+    """Timeouts and SERVFAIL-like failures (no nameserver answered usefully)
+    are DNS errors; NXDOMAIN and empty answers are answers."""
+    if isinstance(exc, dns.exception.Timeout):
+        metrics.DNS_ERRORS.labels("timeout").inc()
+    elif isinstance(exc, dns.resolver.NoNameservers):
+        metrics.DNS_ERRORS.labels("servfail").inc()
+
+
+class CountingResolver(dns.resolver.Resolver):
+    """dnspython's resolver, counting failed lookups in /metrics."""
+
+    def resolve(self, *args: Any, **kwargs: Any) -> dns.resolver.Answer:
+        try:
+            return super().resolve(*args, **kwargs)
+        except dns.exception.DNSException as exc:
+            _count_failure(exc)
+            raise
 
 
 def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> None:
@@ -26,6 +50,6 @@ def _configure(resolver: dns.resolver.BaseResolver, settings: DnsSettings) -> No
 
 def make_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
     configure = not settings.nameservers
-    resolver = dns.resolver.Resolver(configure=configure)
+    resolver = CountingResolver(configure=configure)
     _configure(resolver, settings)
     return resolver

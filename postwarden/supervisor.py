@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from postwarden import metrics, sdnotify
+from postwarden import metrics, privileges, sdnotify
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.store.embedded import EmbeddedRedis, answers, socket_path
 
@@ -84,17 +84,19 @@ class Supervisor:
 
     def run(self) -> int:
         s = self.settings
+        privileges.own_dir(s.state_dir, privileges.effective(s.privileges), 0o750, adopt=False)
         if s.redis.url is None and s.redis.sentinel is None:
             if answers(socket_path(s.state_dir)):
                 log.info("reusing the Redis that answers on %s", socket_path(s.state_dir))
             else:
-                self.redis = EmbeddedRedis(s.state_dir)
+                run_as = privileges.effective(s.privileges)  # redis as the service user
+                self.redis = EmbeddedRedis(s.state_dir, run_as=run_as)
                 sock = self.redis.start()
                 log.info("embedded redis-server on %s", sock)
         if s.metrics.enabled:
             mdir = os.path.join(s.state_dir, "metrics")
             shutil.rmtree(mdir, ignore_errors=True)
-            os.makedirs(mdir, exist_ok=True)
+            privileges.own_dir(mdir, privileges.effective(s.privileges), 0o755)
             os.environ[metrics.MULTIPROC_ENV] = mdir
             metrics.serve(s.metrics.listen)
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -105,8 +107,10 @@ class Supervisor:
             self.children[service] = child
             self.start_child(child)
         sdnotify.notify("READY=1")
+        watchdog = sdnotify.Watchdog()
         try:
             while not self._stop:
+                watchdog.tick()
                 if self._reload:
                     self._reload = False
                     self.reload()

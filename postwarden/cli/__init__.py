@@ -16,6 +16,7 @@ COMMANDS = [
     "postwarden.cli.run:run",
     "postwarden.cli.service:milter",
     "postwarden.cli.service:policyd",
+    "postwarden.cli.serve:serve",
     "postwarden.cli.config:config",
     "postwarden.cli.scan:scan",
     "postwarden.cli.stat:stat",
@@ -23,6 +24,7 @@ COMMANDS = [
     "postwarden.cli.postfix_config:postfix_config",
     "postwarden.cli.ratelimit:ratelimit",
     "postwarden.cli.greylist:greylist",
+    "postwarden.cli.dkim:dkim",
 ]
 
 

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from postwarden import protections
 from postwarden.cli.options import config_option
 from postwarden.config import ConfigError, Settings, config_path, load_config
 from postwarden.config.errors import ConfigProblem
@@ -84,7 +85,9 @@ def check(config_file: str | None) -> None:
         click.echo(str(problem), err=True)
     if any(p.severity == "error" for p in problems):
         sys.exit(EX_PROBLEMS)
-    for line in summary(path, settings):
+    from milters.registry import names
+
+    for line in [*summary(path, settings), *protections.summary(settings, names())]:
         click.echo(line)
     warnings = sum(1 for p in problems if p.severity != "error")
     if warnings:

@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from postwarden import logs
+from postwarden.cli import startup
 from postwarden.cli.config import service_problems
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
 from postwarden.config import Settings
-from postwarden.errors import PostwardenError
+from postwarden.errors import PostwardenError, StartupError
 
 log = logging.getLogger("postwarden.supervisor")
 
@@ -39,14 +39,17 @@ def run(config_file: str | None) -> None:
     from postwarden.supervisor import Supervisor
 
     path, settings = load_or_exit(config_file)
-    logs.setup(settings.log.level.value, settings.log.format.value)
+    startup.setup_logging(settings)
     problems = service_problems(settings)
     for problem in problems:
         click.echo(str(problem), err=True)
     if any(p.severity == "error" for p in problems):
         sys.exit(EX_CONFIG)
+    startup.check_or_exit(settings, enabled_services(settings), serves_metrics=True)
     try:
         sys.exit(Supervisor(path, settings, enabled_services).run())
+    except StartupError as exc:
+        startup.fail(exc)
     except PostwardenError as exc:
         click.echo(f"postwarden run: {exc}", err=True)
         sys.exit(1)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from postwarden import logs
+from postwarden import metrics
+from postwarden.cli import startup
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
 from postwarden.config import ConfigError
-from postwarden.errors import PostwardenError
+from postwarden.errors import PostwardenError, StartupError
 
 
 @click.command()
@@ -20,12 +22,16 @@ def milter(config_file: str | None, name: str) -> None:
     from milters import registry, service
 
     path, settings = load_or_exit(config_file)
-    logs.setup(settings.log.level.value, settings.log.format.value)
+    startup.setup_logging(settings)
     if name not in registry.specs():
         known = ", ".join(registry.names())
         raise click.BadParameter(f"unknown milter {name!r}; known: {known}", param_hint="NAME")
+    alone = not os.environ.get(metrics.MULTIPROC_ENV)  # under `run` the supervisor serves
+    startup.check_or_exit(settings, [("milter", name)], serves_metrics=alone)
     try:
         sys.exit(service.serve(name, path, settings))
+    except StartupError as exc:
+        startup.fail(exc)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -42,9 +48,13 @@ def policyd(config_file: str | None) -> None:
     from policyd import service
 
     path, settings = load_or_exit(config_file)
-    logs.setup(settings.log.level.value, settings.log.format.value)
+    startup.setup_logging(settings)
+    alone = not os.environ.get(metrics.MULTIPROC_ENV)  # under `run` the supervisor serves
+    startup.check_or_exit(settings, [("policyd",)], serves_metrics=alone)
     try:
         sys.exit(service.run(path, settings))
+    except StartupError as exc:
+        startup.fail(exc)
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

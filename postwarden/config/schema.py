@@ -23,6 +23,7 @@ from postwarden.config.sections.common import MilterSettings, Mode, OnError
 from postwarden.config.sections.dkim import DkimMilterSettings
 from postwarden.config.sections.headers import HeadersMilterSettings
 from postwarden.config.sections.policyd import PolicydSettings
+from postwarden.config.sections.privileges import PrivilegeSettings
 from postwarden.config.sections.spam import SpamMilterSettings
 from postwarden.config.units import Duration, Network, SocketAddress
 
@@ -31,6 +32,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "LogSettings",
+    "LogTarget",
     "MetricsSettings",
     "MilterSettings",
     "MiltersSettings",
@@ -45,6 +47,11 @@ __all__ = [
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class LogTarget(StrEnum):
+    STDERR = "stderr"
+    SYSLOG = "syslog"
 
 
 class LogLevel(StrEnum):
@@ -84,6 +91,7 @@ class RedisSettings:
 class LogSettings:
     level: LogLevel = setting(LogLevel.INFO)
     format: LogFormat = setting(LogFormat.TEXT)
+    target: LogTarget = setting(LogTarget.STDERR, doc="stderr (journald reads it) or syslog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,7 @@ class Settings:
     trusted_networks: tuple[Network, ...] = setting(DEFAULT_TRUSTED)
     milters: MiltersSettings = setting(factory=MiltersSettings)
     policyd: PolicydSettings = setting(factory=PolicydSettings)
+    privileges: PrivilegeSettings = setting(factory=PrivilegeSettings)
     # Where each key was written (not a YAML key: the loader fills it in).
     _locations: Locations = dataclasses.field(default_factory=Locations, compare=False, repr=False)
 

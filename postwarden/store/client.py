@@ -23,6 +23,7 @@ import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from postwarden import metrics
 from postwarden.config.schema import RedisSettings, Settings
 from postwarden.errors import StoreUnavailable
 from postwarden.store.keys import STAT_TTL, Keys
@@ -49,7 +50,15 @@ def unavailable_on_error() -> Iterator[None]:
     try:
         yield
     except CONNECTION_ERRORS as exc:
+        metrics.REDIS_ERRORS.labels(store_error_kind(exc)).inc()
         raise StoreUnavailable(f"redis unavailable: {exc}") from exc
+
+
+def store_error_kind(exc: BaseException) -> str:
+    """`timeout` (Redis did not answer within redis.timeout) or `connection`."""
+    return (
+        "timeout" if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError) else "connection"
+    )
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:

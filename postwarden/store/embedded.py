@@ -15,7 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from postwarden import privileges
 from postwarden.errors import EmbeddedRedisError
+from postwarden.privileges import Identity
 
 INSTALL_HINT = "install it with: apt-get install redis-server"
 
@@ -43,10 +45,18 @@ class EmbeddedRedis:
     data survive a restart; tests pass `persist=False`.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, persist: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        persist: bool = True,
+        run_as: Identity | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
         self.dir = Path(state_dir) / "redis"
         self.socket = socket_path(state_dir)
         self.persist = persist
+        self.run_as = run_as  # started by root: run redis-server as the service user
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> str:
@@ -54,7 +64,8 @@ class EmbeddedRedis:
         if binary is None:
             raise EmbeddedRedisError(f"redis-server not found on PATH; {INSTALL_HINT}")
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            privileges.own_dir(str(self.state_dir), self.run_as, 0o750, adopt=False)
+            privileges.own_dir(str(self.dir), self.run_as, 0o700)
         except OSError as exc:
             raise EmbeddedRedisError(f"cannot create {self.dir}: {exc.strerror}") from None
         if answers(self.socket):
@@ -87,6 +98,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            **privileges.popen_identity(self.run_as),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -116,13 +128,15 @@ class EmbeddedRedis:
             proc.wait()
 
 
-def ensure(state_dir: str, persist: bool = True) -> tuple[str, EmbeddedRedis | None]:
+def ensure(
+    state_dir: str, persist: bool = True, run_as: Identity | None = None
+) -> tuple[str, EmbeddedRedis | None]:
     """The embedded socket for a service started on its own: reuse a server
     that already answers (e.g. one `postwarden run` started), else start one
     owned by the caller (returned, so the caller stops it on exit)."""
     path = socket_path(state_dir)
     if answers(path):
         return path, None
-    server = EmbeddedRedis(state_dir, persist=persist)
+    server = EmbeddedRedis(state_dir, persist=persist, run_as=run_as)
     server.start()
     return path, server

@@ -79,6 +79,12 @@ class Keys:
         """SCAN pattern of one scope's "t" (token) or "m" (message) keys."""
         return f"{self.prefix}bayes:v1:{{{scope}}}:{kind}:*"
 
+    # -- DKIM key records (milters/dkim/records.py): the TXT record text of
+    # <selector>._domainkey.<domain>; TTL the record's own, at most
+    # milters.dkim.key_cache_ttl.
+    def dkim_key_record(self, name: str) -> str:
+        return f"{self.prefix}dkimkey:v1:{digest(name.lower())}"
+
     # -- counters for `postwarden stat`; STAT_TTL
     def stat(self, name: str) -> str:
         return f"{self.prefix}stat:{name}"

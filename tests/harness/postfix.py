@@ -267,6 +267,10 @@ class PostfixOptions:
     header_checks: Sequence[str] = ()  # lines of a regexp: table
     body_checks: Sequence[str] = ()
     main_cf: Mapping[str, str] = field(default_factory=dict)
+    # main.cf text pasted verbatim at the end (e.g. `postwarden postfix-config`
+    # output); the harness's own entries for the names it sets are left out,
+    # as an admin replaces lines when pasting.
+    main_cf_text: str = ""
     smtpd_maxproc: str = "-"  # master.cf max processes for smtpd ("-" = 100)
 
 
@@ -368,7 +372,9 @@ class PostfixInstance:
         # master.lock and the verify/scache databases live here (mail_owner).
         os.chown(self.data_dir, postfix_user.pw_uid, postfix_user.pw_gid)
         self._make_queue_tree(postfix_user.pw_uid, postfix_user.pw_gid)
-        main = "".join(f"{k} = {v}\n" for k, v in self.main_cf_params().items())
+        pasted = set(re.findall(r"^([a-z_0-9]+)\s*=", self.options.main_cf_text, re.M))
+        params = {k: v for k, v in self.main_cf_params().items() if k not in pasted}
+        main = "".join(f"{k} = {v}\n" for k, v in params.items()) + self.options.main_cf_text
         (self.config_dir / "main.cf").write_text(main)
         smtpd = f"{self.host}:{self.port} inet n - n - {self.options.smtpd_maxproc} smtpd\n"
         (self.config_dir / "master.cf").write_text(smtpd + _MASTER_SERVICES)

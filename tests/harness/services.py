@@ -7,14 +7,15 @@ process's stderr goes to a file the test can read and search.
 
 Permissions: Postfix's smtpd runs as user `postfix` and connects to these
 sockets. The socket directory is a 0755 temp dir whose parents are searchable
-(`ports.shared_tempdir`); the services themselves make their sockets
-world-writable (policyd chmods 0666, the milter adapter binds under umask
-0o111), and `ServiceProcess.start` checks that they did.
+(`ports.shared_tempdir`); the services give their sockets to group postfix,
+mode 0660 (`postwarden.sockets`), and `ServiceProcess.start` checks that
+they did.
 """
 
 from __future__ import annotations
 
 import copy
+import grp
 import os
 import signal
 import stat
@@ -104,6 +105,9 @@ def write_config(
         "redis": {"url": f"unix://{redis_socket}", "prefix": "pwit:"},
         "state_dir": str(directory / "state"),
         "log": {"level": "debug", "format": "text"},
+        # Tests run as root and stay root (no postwarden user on CI machines);
+        # sockets go to group postfix 0660, as in production.
+        "privileges": {"user": None, "allow_root": True},
         "milters": {
             name_: {"enabled": name_ in milters, "socket": sock(name_)} for name_ in MILTER_NAMES
         },
@@ -170,12 +174,21 @@ class ServiceProcess:
             except TimeoutError:
                 continue
         if self.socket.startswith("unix:"):
-            mode = Path(self.socket[5:]).stat().st_mode
-            if mode & 0o002 == 0:
-                raise RuntimeError(
-                    f"{self.socket} is {stat.filemode(mode)}: Postfix's smtpd (user postfix)"
-                    " could not connect to it"
-                )
+            # A service binds its socket 0600 and then opens it to group
+            # postfix (postwarden.sockets); root connects before that.
+            postfix = grp.getgrnam("postfix").gr_gid
+            while True:
+                st = Path(self.socket[5:]).stat()
+                if st.st_gid == postfix and st.st_mode & 0o060 == 0o060:
+                    break
+                if st.st_mode & 0o006 == 0o006:
+                    break
+                if time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.socket} is {stat.filemode(st.st_mode)}: Postfix's smtpd (user"
+                        f" postfix) could not connect to it:\n{self.log_text()}"
+                    )
+                time.sleep(0.01)
 
     def _probe(self, timeout: float) -> None:
         kind, _, rest = self.socket.partition(":")

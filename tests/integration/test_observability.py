@@ -18,6 +18,8 @@ from tests.integration.test_supervisor import connects, policy_answer, wait_unti
 
 CONFIG = """\
 state_dir: {tmp}/state
+# as root in a 0700 tmp dir, no Postfix: stay root, owner-only sockets
+privileges: {{user: null, allow_root: true, socket_group: null}}
 log: {{format: json}}
 metrics: {{enabled: true, listen: "127.0.0.1:{port}"}}
 milters:

@@ -106,7 +106,9 @@ class SpfWhitelist:
 
 @dataclass(frozen=True, slots=True)
 class SpfSettings(CheckSettings):
-    enabled: bool = setting(False)
+    # On by default: policyd-spf's defaults protect an MX on day one (fail
+    # rejected, the rest tagged with Received-SPF) and skip our own users.
+    enabled: bool = setting(True)
     helo_check: HeloCheck = setting(HeloCheck.NULL_SENDER)
     mailfrom_actions: Mapping[SpfResult, SpfAction] = setting(
         factory=lambda: DEFAULT_MAILFROM_ACTIONS, doc="SPF result -> action for MAIL FROM"

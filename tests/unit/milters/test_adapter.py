@@ -226,8 +226,8 @@ def test_engine_bug_gets_on_error_tempfail(
     assert ctx._reply == ("451", "4.3.0", "Temporary local problem, please try again later")
 
 
-def negotiated(needs: Needs, monkeypatch: pytest.MonkeyPatch) -> int:
-    cls = adapter.adapter_class(needs)
+def negotiated(needs: Needs, monkeypatch: pytest.MonkeyPatch, answer_data: bool = False) -> int:
+    cls = adapter.adapter_class(needs, answer_data=answer_data)
     cls.slot = slot_for("x", ScriptedEngine(), MilterSettings())
     monkeypatch.setattr(Milter, "factory", cls)
     ctx = RecordingCtx(offered=ALL_PROTOCOL)
@@ -254,6 +254,12 @@ def test_only_needed_callbacks_are_negotiated(monkeypatch: pytest.MonkeyPatch) -
         assert full & bit
     # ...and does not send DATA or unknown commands at all.
     assert full & Milter.P_NODATA and full & Milter.P_NOUNKNOWN
+    # Over TCP, DATA is sent and answered, once per message: the reply carries
+    # the ACK that Postfix's Nagle waits for (adapter docstring).
+    for needs in (Needs(headers=False, body=False), Needs()):
+        tcp = negotiated(needs, monkeypatch, answer_data=True)
+        assert not tcp & Milter.P_NODATA and not tcp & Milter.P_NR_DATA
+        assert tcp & Milter.P_NR_RCPT and tcp & Milter.P_NOUNKNOWN
 
 
 def test_noop_engine_stamps_the_queue_id(monkeypatch: pytest.MonkeyPatch) -> None:

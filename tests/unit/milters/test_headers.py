@@ -15,6 +15,7 @@ from milters.header_lines import LineClass
 from milters.message import Action, Envelope, HeaderOp, Message
 from milters.pipeline import PipelineResult, StageResult
 from milters.regexp_table import MatchRule
+from postwarden.budget import BudgetExceeded
 from postwarden.cli.scan import result_json
 from postwarden.config import load_config_text
 from postwarden.config.errors import ConfigProblem
@@ -317,6 +318,20 @@ def test_catastrophic_backtracking_pattern_is_bounded(tmp_path: Path) -> None:
     assert v.action is Action.ACCEPT
     assert v.details["matches"][0]["text"] == "next rule still runs"  # type: ignore[index]
     assert e.fallback.timeouts == 1
+    e.fallback.close()
+
+
+def test_a_fallback_match_ends_with_the_message_budget(tmp_path: Path) -> None:
+    # fallback_timeout (10s) is far above what the message has left: the
+    # match stops at the message's deadline and names the header and table.
+    e, _ = engine(tmp_path, "/^Subject: (a)\\1(a+)+b/ REJECT never\n", fallback_timeout="10s")
+    with pytest.raises(BudgetExceeded) as caught:
+        e.evaluate(
+            msg("Subject: " + "a" * 40 + "!\n\nx\n"), ENV, MessageContext.offline(budget=0.3)
+        )
+    assert caught.value.where.startswith(f"header Subject, {tmp_path / 'header_checks'}: ")
+    assert "fallback regex" in caught.value.where
+    assert e.fallback.timeouts == 0
     e.fallback.close()
 
 

@@ -188,3 +188,16 @@ def test_noop_builds_only_when_enabled() -> None:
     assert spec.build(ServiceContext(Settings())) is None
     on = load_config_text("milters: {noop: {enabled: true}}")
     assert spec.build(ServiceContext(on)) is not None
+
+
+def test_an_insert_index_counts_postfix_hidden_received_header() -> None:
+    # headers' PREPEND above the milter's header i is insert index i + 1
+    # (Postfix's own Received: is hidden from milters but counted), so the
+    # next milter sees it right above that header, as under Postfix.
+    msg = Message.from_bytes(b"A: 1\r\nB: 2\r\nC: 3\r\n\r\n")
+    edits = (
+        HeaderEdit(HeaderOp.INSERT, "X-Above-C", "x", 2 + pipeline.HIDDEN_TOP_HEADERS),
+        HeaderEdit(HeaderOp.INSERT, "X-Top", "y", 0),
+    )
+    seen = pipeline.apply_edits(msg, Verdict(Action.ADD_HEADER, header_edits=edits))
+    assert [h.name for h in seen.headers] == ["X-Top", "A", "B", "X-Above-C", "C"]

@@ -637,7 +637,12 @@ policyd:
 
 def test_spf_pass_domains_without_spf_check_is_a_warning() -> None:
     problems: list[ConfigProblem] = []
-    greylist.build(settings_for("    spf_pass_domains: [big.example]"), problems)
+    text = """
+policyd:
+  spf: {enabled: false}
+  greylist: {enabled: true, use_default_whitelist: false, spf_pass_domains: [big.example]}
+"""
+    greylist.build(load_config_text(text), problems)
     assert [p.severity for p in problems] == ["warning"]
     assert "policyd.spf" in problems[0].message
 

@@ -16,7 +16,10 @@ from postwarden.config import Settings
 
 def test_reload_loads_on_a_worker_thread_while_the_loop_keeps_running(tmp_path: Path) -> None:
     cfg = tmp_path / "pw.yaml"
-    cfg.write_text("policyd:\n  access:\n    rules:\n      - {sender: a@b.example, action: OK}\n")
+    cfg.write_text(
+        "policyd:\n  spf: {enabled: false}\n"
+        "  access:\n    rules:\n      - {sender: a@b.example, action: OK}\n"
+    )
     applied: list[tuple[Settings, Sequence[BuiltCheck]]] = []
     loop_ran_during_load = threading.Event()
 

@@ -9,6 +9,7 @@ ten DNS-querying terms, and a zone that never answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import threading
 import time
@@ -692,7 +693,14 @@ def test_budget_not_below_request_timeout_is_a_warning(dns_server: DnsServer) ->
 
 
 def test_disabled_check_is_not_built() -> None:
-    assert build(Settings(), []) is None
+    off = dataclasses.replace(
+        Settings().policyd, spf=dataclasses.replace(Settings().policyd.spf, enabled=False)
+    )
+    assert build(dataclasses.replace(Settings(), policyd=off), []) is None
+
+
+def test_spf_is_on_by_default() -> None:
+    assert isinstance(build(Settings(), []), BuiltCheck)
 
 
 def test_each_evaluated_message_is_counted_for_stat(dns_server: DnsServer) -> None:

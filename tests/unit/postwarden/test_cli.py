@@ -92,14 +92,45 @@ def test_postfix_config_prints_chroot_relative_sockets(tmp_path: Path) -> None:
     cfg = write(tmp_path, "milters:\n  attachments: {enabled: false}\n  noop: {enabled: true}\n")
     result = CliRunner().invoke(main, ["postfix-config", "-c", cfg])
     assert result.exit_code == 0
-    assert "smtpd_milters = unix:/postwarden/headers.sock unix:/postwarden/noop.sock\n" in (
-        result.output
-    )
+    assert (
+        "smtpd_milters = unix:/postwarden/headers.sock unix:/postwarden/dkim.sock"
+        " unix:/postwarden/noop.sock\n"
+    ) in result.output
     # Milters this version does not ship are never pointed at.
-    assert "left out: dkim, spam" in result.output
+    assert "left out: spam" in result.output
     assert "check_policy_service { unix:private/postwarden-policy, default_action=DUNNO }" in (
         result.output
     )
+
+
+def test_postfix_config_asks_postfix_for_the_macros_the_milters_read(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["postfix-config", "-c", write(tmp_path, "")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    # Postfix's defaults plus what the adapter reads ({client_addr} is not a default).
+    assert "milter_connect_macros = j {daemon_name} {daemon_addr} v _ {client_addr}" in "\n".join(
+        lines
+    )
+    assert any(
+        line.startswith("milter_mail_macros = i ") and "{auth_authen}" in line for line in lines
+    )
+    assert "milter_end_of_data_macros = i" in lines
+    assert "smtpd_policy_service_timeout = 100s" in lines
+
+
+def test_postfix_config_policy_wait_and_end_of_data_follow_the_config(tmp_path: Path) -> None:
+    counts_messages = (
+        "policyd:\n  request_timeout: 120s\n  ratelimit:\n    enabled: true\n"
+        "    rules:\n      - {count: messages, windows: [{limit: 10, per: 1h}]}\n"
+    )
+    result = CliRunner().invoke(main, ["postfix-config", "-c", write(tmp_path, counts_messages)])
+    assert result.exit_code == 0, result.output
+    assert "smtpd_policy_service_timeout = 130s" in result.output.splitlines()
+    assert "smtpd_end_of_data_restrictions" not in result.output
+    counts_bytes = counts_messages.replace("count: messages", "count: bytes, key: client_address")
+    result = CliRunner().invoke(main, ["postfix-config", "-c", write(tmp_path, counts_bytes)])
+    assert result.exit_code == 0, result.output
+    assert "smtpd_end_of_data_restrictions = check_policy_service" in result.output
 
 
 def test_installed_entry_point_starts() -> None:

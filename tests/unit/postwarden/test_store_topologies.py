@@ -156,6 +156,7 @@ def rcpt(**attrs: str) -> PolicyRequest:
 CHECKS = """\
 redis: {{url: "{url}", cluster: true, prefix: "pwc:"}}
 policyd:
+  spf: {{enabled: false}}
   greylist: {{enabled: true}}
   ratelimit:
     enabled: true

@@ -1,0 +1,134 @@
+"""One /metrics endpoint for every service of `postwarden run`, the counts
+the traffic caused, and a Grafana dashboard that queries only metrics that
+exist there.
+
+Traffic through a real Postfix: a message through the noop milter, a
+recipient the access rules reject, a sender whose SPF lookup gets SERVFAIL,
+and Redis down the whole time (greylisting and stat flushes fail).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import REPO
+from tests.fixtures.dnsserver import DnsServer
+from tests.harness.ports import free_port, wait_for_unix_socket
+from tests.harness.postfix import PostfixInstance, Xclient
+from tests.harness.services import ServiceProcess, postwarden_argv, write_config
+
+pytestmark = pytest.mark.integration
+
+DASHBOARD = REPO / "deploy" / "grafana" / "postwarden.json"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def dashboard_metrics() -> set[str]:
+    """Every postwarden_* series name the dashboard's queries use."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    assert exprs, "the dashboard has queries"
+    return {m for e in exprs for m in re.findall(r"\bpostwarden_[a-z_]+\b", e)}
+
+
+def scrape(port: int) -> Samples:
+    url = f"http://127.0.0.1:{port}/metrics"
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
+
+
+def test_one_endpoint_counts_the_traffic_and_feeds_every_dashboard_query(
+    postfix_factory: Callable[..., PostfixInstance],
+    socket_dir: Path,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    zone = {
+        "pass.test": [("TXT", "v=spf1 +all")],
+        "servfail.test": [("RCODE", "SERVFAIL")],
+    }
+    with DnsServer(zone) as dns_server:
+        cfg = write_config(
+            tmp_path / "config",
+            socket_dir,
+            str(tmp_path / "no-redis-here.sock"),  # Redis is down throughout
+            milters=("noop",),
+            checks=("access", "spf", "greylist"),
+            overrides={
+                "metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+                "dns": {"nameservers": [dns_server.nameserver], "timeout": "2s"},
+                "policyd": {
+                    "access": {
+                        "rules": [{"recipient": "blocked@example.net", "action": "REJECT no"}]
+                    },
+                    "spf": {"cache_ttl": 0},
+                },
+            },
+        )
+        supervisor = ServiceProcess(
+            [*postwarden_argv(), "run", "-c", str(cfg.path)],
+            cfg.socket("policyd"),
+            tmp_path / "run.log",
+        ).start()
+        try:
+            wait_for_unix_socket(Path(cfg.socket("noop").removeprefix("unix:")), 30)
+            postfix = postfix_factory(
+                smtpd_milters=[cfg.socket("noop")], policy_services=[cfg.socket("policyd")]
+            )
+            stranger = Xclient(addr="192.0.2.10", name="mx.stranger.test")
+            # SPF passes, greylisting finds no Redis (on_error accept), the
+            # noop milter stamps its header and reports its symbol
+            sent = postfix.send("a@pass.test", "bob@example.net", xclient=stranger)
+            assert sent.accepted, sent.replies
+            # the access rule refuses one recipient
+            refused = postfix.send(
+                "a@pass.test", "blocked@example.net", xclient=stranger, rcpt_only=True
+            )
+            assert refused.rcpt_codes() == {"blocked@example.net": 554}
+            # the sender's SPF lookup gets SERVFAIL: temperror, deferred
+            deferred = postfix.send(
+                "a@servfail.test", "bob@example.net", xclient=stranger, rcpt_only=True
+            )
+            assert deferred.rcpt_codes()["bob@example.net"] // 100 == 4
+
+            samples = scrape(port)
+            deadline = time.monotonic() + 30
+            while total(samples, "postwarden_milter_messages_total") < 1:
+                assert time.monotonic() < deadline, "the milter's decision never showed"
+                time.sleep(0.1)
+                samples = scrape(port)
+        finally:
+            supervisor.stop()
+    assert supervisor.proc is not None and supervisor.proc.returncode == 0
+
+    # Every dashboard query names a series the endpoint serves.
+    names = {name for name, _ in samples}
+    assert sorted(dashboard_metrics() - names) == []
+    # And the counts are the ones the traffic caused, from both services.
+    assert total(samples, "postwarden_milter_messages_total", milter="noop") == 1
+    assert total(samples, "postwarden_milter_decision_seconds_count", milter="noop") == 1
+    assert total(samples, "postwarden_milter_symbols_total", symbol="NOOP_SEEN") == 1
+    assert total(samples, "postwarden_check_decisions_total", check="access", verb="REJECT") == 1
+    # access ran for all three recipients, SPF for the two it did not stop
+    assert total(samples, "postwarden_policyd_check_seconds_count", check="access") == 3
+    assert total(samples, "postwarden_policyd_check_seconds_count", check="spf") >= 2
+    assert total(samples, "postwarden_dns_errors_total", kind="servfail") >= 1
+    assert total(samples, "postwarden_redis_errors_total") >= 1
+    assert total(samples, "postwarden_policyd_errors_total", kind="store") >= 1
