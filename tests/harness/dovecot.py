@@ -78,7 +78,7 @@ class DovecotInstance:
                 self.proc.wait(5)
 
 
-def _install_contrib(root: Path, postwarden: str, learn_config: Path, uid: int, gid: int) -> None:
+def _install_contrib(root: Path, postwarden: str, learn_config: Path) -> None:
     sieve = root / "sieve"
     pipe = root / "sieve-pipe"
     sieve.mkdir()
@@ -87,7 +87,8 @@ def _install_contrib(root: Path, postwarden: str, learn_config: Path, uid: int, 
                  "postwarden-junk.sieve"):  # fmt: skip
         shutil.copy(CONTRIB / name, sieve / name)
     wrapper = (CONTRIB / "postwarden-learn").read_text()
-    assert "POSTWARDEN=/usr/bin/postwarden" in wrapper and "CONFIG=/etc/postwarden/learn.yaml"
+    assert "POSTWARDEN=/usr/bin/postwarden" in wrapper
+    assert "CONFIG=/etc/postwarden/learn.yaml" in wrapper
     wrapper = wrapper.replace("POSTWARDEN=/usr/bin/postwarden", f"POSTWARDEN={postwarden}")
     wrapper = wrapper.replace("CONFIG=/etc/postwarden/learn.yaml", f"CONFIG={learn_config}")
     (pipe / "postwarden-learn").write_text(wrapper)
@@ -156,7 +157,7 @@ def make_dovecot(root: Path, postwarden: str, learn_config: Path) -> DovecotInst
         (root / sub).mkdir(parents=True)
     for sub in ("cur", "new", "tmp"):
         (root / "home" / user / "Maildir" / sub).mkdir()
-    _install_contrib(root, postwarden, learn_config, uid, gid)
+    _install_contrib(root, postwarden, learn_config)
     if os.geteuid() == 0:
         for dirpath, _, files in os.walk(root / "home"):
             os.chown(dirpath, uid, gid)
