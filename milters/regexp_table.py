@@ -56,6 +56,7 @@ from milters.header_regex import (
     compile_pcre,
     compile_posix,
 )
+from postwarden.config.files import read_file
 
 _SPACE = b" \t\n\v\f\r"
 NBSP = b"\xc2\xa0"
@@ -554,4 +555,4 @@ def load_table(spec: str, fallback: FallbackRunner | None = None, base: str | No
     p = Path(path)
     if base is not None and not p.is_absolute():
         p = Path(base) / p
-    return parse_table(p.read_bytes(), str(p), dialect, fallback)
+    return parse_table(read_file(p), str(p), dialect, fallback)

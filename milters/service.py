@@ -12,6 +12,7 @@ Counters for `postwarden stat` are flushed to Redis every few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ import time
 from milters import adapter, registry
 from milters.context import ServiceContext
 from milters.pipeline import Runner, Stage
-from postwarden import metrics, privileges, sdnotify, sockets
+from postwarden import metrics, privileges, sdnotify, socketfile, sockets
 from postwarden.config import ConfigError, Settings, load_config
 from postwarden.errors import StoreUnavailable
 from postwarden.stats import FLUSH_INTERVAL
@@ -107,6 +108,10 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
         thread = threading.Thread(target=loop, name=f"libmilter-{name}", daemon=True)
         thread.start()
         _wait_for_socket(sock.path if sock.kind == "unix" else "", stop)
+    own = None
+    if sock.kind == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            own = socketfile.identity(sock.path)
     if not stop.is_set():
         sockets.grant(sock, settings.privileges)
         privileges.drop(settings.privileges)  # every thread, before Postfix can connect
@@ -128,10 +133,7 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
     # runs on the side; removing the socket turns new connections away now.
     threading.Thread(target=adapter.stop, name="libmilter-stop", daemon=True).start()
     if sock.kind == "unix":
-        try:
-            os.unlink(sock.path)
-        except OSError:  # gone, or a directory the dropped user cannot write
-            pass
+        socketfile.remove_own(sock.path, own)  # not a newer instance's socket
     # Let open sessions finish (bounded), then leave without waiting for
     # libmilter's own teardown.
     if not slot.drained.wait(STOP_DEADLINE):

@@ -3,9 +3,22 @@
 It owns everything around the checks and nothing of their logic:
 - one connection carries many requests; pipelined requests are answered in
   order (SMTPD_POLICY_README), each within `request_timeout`;
-- a malformed request is logged with its reason and answered with the
-  `on_error` fallback; the connection stays usable (the parser resyncs at
-  the next empty line);
+- no client can hold a slot: a request must arrive whole within
+  `request_timeout` of its first byte (one deadline for the request, not a
+  timer per read, so a client trickling a byte a second is cut off), a
+  connection with no request in progress closes after `idle_timeout`, and a
+  reply the client will not read is dropped after `request_timeout`;
+- admission: at `max_connections` a new connection takes the slot of the
+  longest-idle one (no request in progress; Postfix's policy client simply
+  reconnects and resends when a reused connection was closed), else of the
+  one that has been reading a partial request longest (Postfix writes each
+  request at once, so that is a slow or hostile client). A connection whose
+  request is being decided is never closed; when every slot is deciding, the
+  newcomer waits for one, at most `request_timeout`;
+- a malformed request is answered with the `on_error` fallback and logged
+  with its reason once per interval with a count of the rest (a flood of
+  blank lines must not flood the log); the connection stays usable (the
+  parser resyncs at the next empty line);
 - Redis or DNS failures and unexpected exceptions become the fallback, are
   counted, and are logged once per interval; nothing kills the server;
 - `reload()` swaps in new checks atomically; `stop()` stops accepting and
@@ -15,6 +28,7 @@ It owns everything around the checks and nothing of their logic:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -27,7 +41,7 @@ from policyd.check import BuiltCheck, CheckContext
 from policyd.decision import DUNNO, Decision, Verb
 from policyd.pipeline import evaluate
 from policyd.protocol import ParseError, PolicyRequest, RequestParser, format_action
-from postwarden import logs, metrics
+from postwarden import logs, metrics, socketfile
 from postwarden.config.schema import OnError, Settings
 from postwarden.errors import ResolverUnavailable, StoreUnavailable
 from postwarden.replies import SERVICE_UNAVAILABLE
@@ -35,6 +49,8 @@ from postwarden.replies import SERVICE_UNAVAILABLE
 log = logging.getLogger("postwarden.policyd")
 
 READ_CHUNK = 65536
+# Pipelined requests answered from one read before the loop serves others.
+YIELD_EVERY = 32
 
 
 def fallback(on_error: OnError) -> Decision:
@@ -42,6 +58,21 @@ def fallback(on_error: OnError) -> Decision:
     if on_error is OnError.TEMPFAIL:
         return Decision(Verb.DEFER, reply=SERVICE_UNAVAILABLE, check="on_error")
     return Decision(Verb.DUNNO, check="on_error")
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One client connection's state, as admission sees it."""
+
+    tag: str
+    task: asyncio.Task[None]
+    last_active: float  # loop time of the last byte read or reply written
+    reading_since: float | None = None  # first byte of a partial request
+    deciding: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return self.reading_since is None and not self.deciding
 
 
 @dataclass
@@ -63,7 +94,11 @@ class PolicyServer:
         self._idle.set()
         self._conn_seq = 0
         self._errors = logs.RateLimitedLog(log, interval=60.0)
-        self._limit = asyncio.Semaphore(settings.policyd.max_connections)
+        self._client_errors = logs.RateLimitedLog(log, interval=60.0)
+        # Admitted connections in admission order; waiters for a free slot.
+        self._active: dict[_Connection, None] = {}
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._socket_id: socketfile.Identity | None = None
 
     @property
     def settings(self) -> Settings:
@@ -78,10 +113,17 @@ class PolicyServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             # Mode and owner: policyd/service.py (postwarden.sockets.grant).
-            self._server = await asyncio.start_unix_server(self._handle, path=path)
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=path, backlog=socket.SOMAXCONN
+            )
+            self._socket_id = socketfile.identity(path)
         else:
             self._server = await asyncio.start_server(
-                self._handle, host=sock.host or None, port=sock.port, reuse_address=True
+                self._handle,
+                host=sock.host or None,
+                port=sock.port,
+                reuse_address=True,
+                backlog=socket.SOMAXCONN,
             )
             for s in self._server.sockets:
                 # Replies are small; don't let Nagle hold them back.
@@ -106,12 +148,11 @@ class PolicyServer:
             await asyncio.gather(*self._conns, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        self._client_errors.flush()
+        self._errors.flush()
         sock = self.settings.policyd.socket
         if sock.kind == "unix":
-            # OSError: after dropping root the directory may not be ours
-            # (Postfix's private/); the next start as root replaces it.
-            with contextlib.suppress(OSError):
-                os.unlink(sock.path)
+            socketfile.remove_own(sock.path, self._socket_id)
 
     def reload(self, settings: Settings, checks: Sequence[BuiltCheck]) -> None:
         if settings.policyd.socket != self.settings.policyd.socket:
@@ -131,48 +172,157 @@ class PolicyServer:
         self._conns.add(task)
         self._conn_seq += 1
         tag = f"p{os.getpid()}.{self._conn_seq}"
+        loop = asyncio.get_running_loop()
+        conn = _Connection(tag, task, loop.time())
         try:
-            async with self._limit:
-                with logs.context(connection=tag):
-                    await self._serve_connection(reader, writer)
+            with logs.context(connection=tag):
+                if await self._admit(conn):
+                    await self._serve_connection(conn, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            # stop() cancels connections Postfix keeps open for reuse; ending
-            # quietly here keeps asyncio from logging the cancellation as an error.
+            # stop() cancels connections Postfix keeps open for reuse, and
+            # admission cancels the one it closes; ending quietly here keeps
+            # asyncio from logging the cancellation as an error.
             pass
         finally:
+            self._release(conn)
             self._conns.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _admit(self, conn: _Connection) -> bool:
+        """Take a slot, closing an idle or stalled connection when full."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.settings.policyd.request_timeout)
+        while len(self._active) >= self.settings.policyd.max_connections:
+            if self._evict():
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                metrics.POLICY_ERRORS.labels("refused").inc()
+                self._client_errors.warning(
+                    "refused",
+                    "all %d connections are deciding requests; refused a new connection",
+                    self.settings.policyd.max_connections,
+                )
+                return False
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self._active[conn] = None
+        return True
+
+    def _evict(self) -> bool:
+        """Close the longest-idle connection, else the one stalled longest in
+        the middle of a request; never one whose request is being decided."""
+        idle = [c for c in self._active if c.idle]
+        if idle:
+            victim = min(idle, key=lambda c: c.last_active)
+            kind = "idle"
+        else:
+            partial = [c for c in self._active if c.reading_since is not None and not c.deciding]
+            if not partial:
+                return False
+            victim = min(partial, key=lambda c: c.reading_since or 0.0)
+            kind = "stalled"
+        self._active.pop(victim, None)
+        victim.task.cancel()
+        metrics.POLICY_ERRORS.labels(f"evicted_{kind}").inc()
+        self._client_errors.warning(
+            f"evict-{kind}",
+            "%d connections open: closed the %s connection %s to admit a new one",
+            self.settings.policyd.max_connections,
+            "longest-idle" if kind == "idle" else "longest-stalled",
+            victim.tag,
+        )
+        return True
+
+    def connection_states(self) -> dict[str, int]:
+        """Admitted connections by state: idle, reading (a partial request), deciding."""
+        states = {"idle": 0, "reading": 0, "deciding": 0}
+        for c in self._active:
+            states["deciding" if c.deciding else "idle" if c.idle else "reading"] += 1
+        return states
+
+    def _release(self, conn: _Connection) -> None:
+        if self._active.pop(conn, 0) is None:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
     async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         p = self.settings.policyd
+        loop = asyncio.get_running_loop()
         parser = RequestParser(max_line=p.max_line, max_attributes=p.max_attributes)
         while True:
+            if conn.reading_since is None:
+                timeout = float(p.idle_timeout)
+            else:
+                timeout = conn.reading_since + float(p.request_timeout) - loop.time()
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), float(p.idle_timeout))
+                if timeout <= 0:
+                    raise TimeoutError
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
             except TimeoutError:
-                log.debug("closing idle connection after %ss", p.idle_timeout)
+                if conn.reading_since is None:
+                    log.debug("closing idle connection after %ss", p.idle_timeout)
+                else:
+                    metrics.POLICY_ERRORS.labels("slow_client").inc()
+                    self._client_errors.warning(
+                        "slow_client",
+                        "request not complete %gs after its first byte; closing the connection",
+                        float(p.request_timeout),
+                    )
                 return
+            now = loop.time()
+            conn.last_active = now
             if not data:
                 if parser.pending:
                     log.info("client closed the connection in the middle of a request")
                 return
-            for item in parser.feed(data):
-                self._busy(+1)
-                try:
+            answered = False
+            conn.deciding = True
+            self._busy(+1)
+            try:
+                for n, item in enumerate(parser.feed(data), 1):
+                    answered = True
                     if isinstance(item, ParseError):
                         answer = self._refuse(item)
                     else:
                         answer = await self._decide(item)
                     writer.write(format_action(answer.action_line()))
-                finally:
-                    self._busy(-1)
-            await writer.drain()
+                    if n % YIELD_EVERY == 0:
+                        # One read can hold thousands of tiny (or empty)
+                        # requests; let the other connections have a turn.
+                        await asyncio.sleep(0)
+            finally:
+                self._busy(-1)
+                conn.deciding = False
+            if not parser.pending:
+                conn.reading_since = None
+            elif answered or conn.reading_since is None:
+                conn.reading_since = now  # the partial request's first byte came in this read
+            if answered and writer.transport.get_write_buffer_size():
+                # Usually the reply is already flushed and this is skipped: a
+                # wait_for per request would cost a task each (measured).
+                try:
+                    await asyncio.wait_for(writer.drain(), float(p.request_timeout))
+                except TimeoutError:
+                    metrics.POLICY_ERRORS.labels("slow_client").inc()
+                    self._client_errors.warning(
+                        "unread", "client does not read its replies; closing the connection"
+                    )
+                    return
+                conn.last_active = loop.time()
 
     def _busy(self, delta: int) -> None:
         self._inflight += delta
@@ -185,7 +335,12 @@ class PolicyServer:
     def _refuse(self, error: ParseError) -> Decision:
         metrics.POLICY_ERRORS.labels("malformed").inc()
         answer = fallback(self.settings.policyd.on_error)
-        log.warning("malformed policy request: %s; answering %s", error, answer.action_line())
+        self._client_errors.warning(
+            f"malformed-{type(error).__name__}",
+            "malformed policy request: %s; answering %s",
+            error,
+            answer.action_line(),
+        )
         metrics.POLICY_REQUESTS.labels(answer.verb.value).inc()
         return answer
 

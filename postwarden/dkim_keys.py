@@ -18,10 +18,11 @@ import base64
 import binascii
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from postwarden.config.files import read_file
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
@@ -41,7 +42,7 @@ def key_type(algorithm: str) -> str:
 def read_private_key(path: str | os.PathLike[str], algorithm: str) -> PrivateKey:
     """Load `path` and check that it holds a key for `algorithm`."""
     try:
-        data = Path(path).read_bytes()
+        data = read_file(path)  # a regular file of bounded size
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
     return parse_private_key(data, algorithm, str(path))

@@ -32,3 +32,7 @@ class StartupError(PostwardenError):
     config's syntax (a missing user, a socket directory Postfix cannot
     reach, a port in use). The message says what to fix; exit status 78
     (EX_CONFIG), so systemd's RestartPreventExitStatus stops retrying."""
+
+
+class AlreadyRunning(PostwardenError):
+    """Another `postwarden run` holds the lock file of the same state_dir."""

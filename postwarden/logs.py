@@ -173,6 +173,7 @@ class RateLimitedLog:
         self.interval = interval
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._messages: dict[str, str] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
@@ -186,3 +187,13 @@ class RateLimitedLog:
             self.logger.warning("%s (%d more since last report)", msg % args, skipped)
         else:
             self.logger.warning(msg, *args)
+        self._messages[key] = msg % args if args else msg
+
+    def flush(self) -> None:
+        """Report what was suppressed since the last line (e.g. at shutdown),
+        so a count is never lost just because the flood stopped."""
+        for key, skipped in sorted(self._suppressed.items()):
+            self.logger.warning(
+                "%s (%d more since last report)", self._messages.get(key, key), skipped
+            )
+        self._suppressed.clear()

@@ -10,9 +10,12 @@ supervisor serves the merged view on `metrics.listen`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from postwarden.errors import StartupError
 
@@ -21,7 +24,9 @@ POLICY_REQUESTS = Counter(
 )
 POLICY_ERRORS = Counter(
     "postwarden_policyd_errors_total",
-    "Policy requests answered with the on_error fallback or refused, by cause",
+    "Policy requests answered with the on_error fallback or refused, and connections"
+    " closed by admission (evicted_idle, evicted_stalled, refused) or a deadline"
+    " (slow_client), by cause",
     ["kind"],
 )
 POLICY_LATENCY = Histogram(
@@ -98,13 +103,36 @@ def milter_decided(milter: str, action: str, seconds: float, symbols: list[str])
         MILTER_SYMBOLS.labels(milter, name).inc()
 
 
-def serve(listen: str) -> None:
+class RestartsCollector:
+    """`postwarden_supervisor_restarts_total{service}`: children and the
+    embedded Redis restarted by `postwarden run`. The supervisor counts in
+    its own memory (it is not one of the multiprocess writers), so this
+    collector reads its counts at scrape time. Labels: "redis", "policyd" or
+    a milter's name."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "postwarden_supervisor_restarts",
+            "Services restarted by the supervisor after they died, by service",
+            labels=["service"],
+        )
+        for service, count in sorted(self._counts().items()):
+            family.add_metric([service], count)
+        yield family
+
+
+def serve(listen: str, collectors: Sequence[Collector] = ()) -> None:
     """Serve /metrics on host:port (merged over processes when multiprocess)."""
     host, _, port = listen.rpartition(":")
     registry = None
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in collectors:
+            registry.register(collector)
     addr = host.strip("[]") or "127.0.0.1"
     try:
         if registry is None:

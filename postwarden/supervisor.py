@@ -3,20 +3,38 @@
 One child process per service (`postwarden milter NAME`, `postwarden
 policyd`), started from the same executable so the children are exactly what
 an admin would run by hand. The supervisor:
+- holds `state_dir/postwarden.pid` locked (pidlock.py): a second `run` for
+  the same state_dir is refused while this one lives;
+- keeps the last config that passed validation in `state_dir/running.yaml`
+  (relative file paths made absolute) and starts every child with that
+  file, never the admin's path: a child restarted after a refused reload
+  runs what was validated, not the broken file;
 - starts the embedded redis-server first when `redis.url` is not set, and
-  stops it last;
+  supervises it like any child: a death is noticed (reaped, no zombie),
+  logged as an error, and restarted with backoff; the services reconnect on
+  their own, nobody else restarts;
 - restarts a child that dies, with exponential backoff (1 s doubling to
   60 s, reset once a child has stayed up for a minute), logging each death;
+  restarts are counted in `postwarden_supervisor_restarts_total{service}`
+  and in `state_dir/supervisor.json`, which `postwarden stat` shows;
+- makes its children die with it (parentdeath.py), so a killed supervisor
+  leaves no orphans behind to disturb the next one;
 - on SIGTERM/SIGINT, forwards SIGTERM and waits for the children (in-flight
   messages finish or get their fallback), then stops Redis;
-- on SIGHUP, validates the config file first: a bad file is refused with
-  its problems and nothing changes; a good one is forwarded as SIGHUP to
-  every child (they reload in place), and services newly enabled or
-  disabled are started or stopped.
+- on SIGHUP, validates the file first by running `postwarden config check`
+  on a copy (exactly what every service will load and build): a bad file is
+  refused with its problems and nothing changes; a good one becomes
+  `running.yaml`, is forwarded as SIGHUP to every child (they reload in
+  place), and services newly enabled or disabled are started or stopped.
+
+The core imports no service: which services to run for a config is a
+function the CLI passes in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,11 +42,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from postwarden import metrics, privileges, sdnotify
-from postwarden.config import ConfigError, Settings, load_config
+from postwarden import metrics, parentdeath, privileges, sdnotify
+from postwarden.config import ConfigError, Settings
+from postwarden.config.load import ENV_VAR, load_pinned, read_config_text
+from postwarden.errors import EmbeddedRedisError, PostwardenError
+from postwarden.pidlock import PidLock
 from postwarden.store.embedded import EmbeddedRedis, answers, socket_path
 
 log = logging.getLogger("postwarden.supervisor")
@@ -38,7 +60,12 @@ BACKOFF_MAX = 60.0
 STABLE_AFTER = 60.0
 STOP_DEADLINE = 30.0
 CHECK_DEADLINE = 120.0  # `config check` on reload compiles every rule table
+ORPHAN_REDIS_WAIT = 15.0
 
+RUNNING_CONFIG = "running.yaml"
+CANDIDATE_CONFIG = "candidate.yaml"
+STATUS_FILE = "supervisor.json"
+REDIS = "redis"
 
 # Settings -> the services to run, as `postwarden` arguments (("milter", "headers"),
 # ("policyd",)). The CLI passes it in: which milters exist is the services'
@@ -59,46 +86,78 @@ class Child:
     def name(self) -> str:
         return " ".join(self.service)
 
+    @property
+    def label(self) -> str:
+        """The metric label: the milter's name, or the service's."""
+        return self.service[-1]
+
 
 @dataclass
 class Supervisor:
     config_path: str
     settings: Settings
     enabled_services: ServiceList
+    # The text `settings` were loaded from (the CLI read it once); None: read it.
+    config_text: str | None = None
     children: dict[tuple[str, ...], Child] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+    _redis_backoff: float = BACKOFF_START
+    _redis_restart_at: float = 0.0
+    _redis_started: float = 0.0
     _stop: bool = False
     _reload: bool = False
 
+    @property
+    def state_dir(self) -> str:
+        return self.settings.state_dir
+
+    @property
+    def running_config(self) -> str:
+        """The last config that passed validation: what every child runs."""
+        return os.path.join(self.state_dir, RUNNING_CONFIG)
+
     def command(self, service: tuple[str, ...]) -> list[str]:
-        return [sys.executable, "-m", "postwarden", *service, "-c", self.config_path]
+        return [sys.executable, "-m", "postwarden", *service, "-c", self.running_config]
 
     def start_child(self, child: Child) -> None:
         # Only the supervisor speaks to systemd; a child's READY=1 would be premature.
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", ENV_VAR)}
+        env[parentdeath.SUPERVISOR_ENV] = str(os.getpid())
         child.process = subprocess.Popen(
             self.command(child.service), stdin=subprocess.DEVNULL, env=env
         )
         child.started = time.monotonic()
         log.info("started %s (pid %d)", child.name, child.process.pid)
+        self.write_status()
 
     def run(self) -> int:
+        lock = PidLock(self.state_dir)
+        lock.acquire()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
+        text = self.config_text
+        if text is None:
+            text = read_config_text(self.config_path)
+        self.settings, pinned = load_pinned(text, self.config_path)
+        try:
+            _write_private(self.running_config, pinned)
+        except OSError as exc:
+            raise PostwardenError(f"cannot write {self.running_config}: {exc.strerror}") from None
         s = self.settings
         privileges.own_dir(s.state_dir, privileges.effective(s.privileges), 0o750, adopt=False)
         if s.redis.url is None and s.redis.sentinel is None:
-            if answers(socket_path(s.state_dir)):
-                log.info("reusing the Redis that answers on %s", socket_path(s.state_dir))
-            else:
-                run_as = privileges.effective(s.privileges)  # redis as the service user
-                self.redis = EmbeddedRedis(s.state_dir, run_as=run_as)
-                sock = self.redis.start()
-                log.info("embedded redis-server on %s", sock)
+            self._start_embedded_redis()
         if s.metrics.enabled:
             mdir = os.path.join(s.state_dir, "metrics")
             shutil.rmtree(mdir, ignore_errors=True)
             privileges.own_dir(mdir, privileges.effective(s.privileges), 0o755)
             os.environ[metrics.MULTIPROC_ENV] = mdir
-            metrics.serve(s.metrics.listen)
+            metrics.serve(s.metrics.listen, [metrics.RestartsCollector(self.restart_counts)])
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -114,6 +173,7 @@ class Supervisor:
                 if self._reload:
                     self._reload = False
                     self.reload()
+                self.watch_redis()
                 self.reap()
                 time.sleep(0.2)
         finally:
@@ -121,6 +181,7 @@ class Supervisor:
             self.stop_all()
             if self.redis is not None:
                 self.redis.stop()
+            self.write_status(stopped=True)
         return 0
 
     def _on_stop(self, signum: int, frame: object) -> None:
@@ -129,6 +190,76 @@ class Supervisor:
     def _on_hup(self, signum: int, frame: object) -> None:
         self._reload = True
 
+    # -- the embedded Redis ---------------------------------------------------
+    def _start_embedded_redis(self) -> None:
+        sock = socket_path(self.state_dir)
+        # We hold the state_dir lock, so a Redis answering here is an orphan of
+        # a killed supervisor (stopping on its parent-death signal) or one a
+        # service started alone; give an orphan the time to go.
+        deadline = time.monotonic() + ORPHAN_REDIS_WAIT
+        while answers(sock) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if answers(sock):
+            log.warning("reusing the Redis that answers on %s (not supervised)", sock)
+            return
+        run_as = privileges.effective(self.settings.privileges)  # redis as the service user
+        self.redis = EmbeddedRedis(self.state_dir, run_as=run_as)
+        self.redis.start()
+        self._redis_started = time.monotonic()
+        log.info("embedded redis-server on %s (pid %s)", sock, self._redis_pid())
+
+    def _redis_pid(self) -> int | None:
+        proc = self.redis.process if self.redis is not None else None
+        return proc.pid if proc is not None else None
+
+    def watch_redis(self) -> None:
+        """Notice the embedded Redis dying (reaping it), restart it with backoff."""
+        if self.redis is None:
+            return
+        now = time.monotonic()
+        proc = self.redis.process
+        if proc is not None:
+            code = proc.poll()  # reaps it: no zombie
+            if code is None:
+                if now - self._redis_started > STABLE_AFTER:
+                    self._redis_backoff = BACKOFF_START
+                return
+            self.redis.process = None
+            self._count_restart(REDIS)
+            self._redis_restart_at = now + self._redis_backoff
+            log.error(
+                "embedded redis-server (pid %d) exited with status %s: greylisting, rate"
+                " limits and counters answer with on_error until it is back;"
+                " restarting in %.0fs",
+                proc.pid,
+                code,
+                self._redis_backoff,
+            )
+            self._redis_backoff = min(self._redis_backoff * 2, BACKOFF_MAX)
+            self.write_status()
+            return
+        if now < self._redis_restart_at:
+            return
+        try:
+            self.redis.start()
+        except EmbeddedRedisError as exc:
+            self._redis_restart_at = time.monotonic() + self._redis_backoff
+            log.error(
+                "embedded redis-server did not restart: %s; next try in %.0fs",
+                exc,
+                self._redis_backoff,
+            )
+            self._redis_backoff = min(self._redis_backoff * 2, BACKOFF_MAX)
+            return
+        self._redis_started = time.monotonic()
+        log.warning(
+            "embedded redis-server restarted (pid %s, restart %d)",
+            self._redis_pid(),
+            self.restarts.get(REDIS, 0),
+        )
+        self.write_status()
+
+    # -- children ---------------------------------------------------------------
     def reap(self) -> None:
         now = time.monotonic()
         for child in self.children.values():
@@ -145,6 +276,7 @@ class Supervisor:
                 continue
             child.process = None
             child.deaths += 1
+            self._count_restart(child.label)
             if os.environ.get(metrics.MULTIPROC_ENV):
                 from prometheus_client import multiprocess
 
@@ -154,34 +286,69 @@ class Supervisor:
                 "%s exited with status %s; restarting in %.0fs", child.name, code, child.backoff
             )
             child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            self.write_status()
 
-    def validate(self) -> Settings | None:
-        """The new config if `postwarden config check` (what every service will
-        load and build) accepts it, else None with its problems logged."""
+    def _count_restart(self, label: str) -> None:
+        self.restarts[label] = self.restarts.get(label, 0) + 1
+
+    def restart_counts(self) -> Mapping[str, int]:
+        return dict(self.restarts)
+
+    # -- reload -----------------------------------------------------------------
+    def validate(self) -> tuple[Settings, str] | None:
+        """The new config and its pinned text if `postwarden config check`
+        (what every service will load and build) accepts a copy of it; else
+        None with its problems logged. The copy is what gets checked and then
+        kept, so a file changing meanwhile cannot slip through unchecked."""
+        try:
+            text = read_config_text(self.config_path)
+            new, pinned = load_pinned(text, self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, services keep the running config:\n%s", exc)
+            return None
+        if new.state_dir != self.state_dir:
+            log.error(
+                "reload refused: state_dir changed from %s to %s; restart `postwarden run`",
+                self.state_dir,
+                new.state_dir,
+            )
+            return None
+        candidate = os.path.join(self.state_dir, CANDIDATE_CONFIG)
+        try:
+            _write_private(candidate, pinned)
+        except OSError as exc:
+            log.error("reload refused: cannot write %s: %s", candidate, exc.strerror)
+            return None
         try:
             check = subprocess.run(
-                [sys.executable, "-m", "postwarden", "config", "check", "-c", self.config_path],
+                [sys.executable, "-m", "postwarden", "config", "check", "-c", candidate],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
-                check=False,
                 timeout=CHECK_DEADLINE,
+                check=False,
             )
         except subprocess.TimeoutExpired:
-            log.error("reload refused: config check took over %.0fs", CHECK_DEADLINE)
+            log.error("reload refused: config check did not finish in %.0fs", CHECK_DEADLINE)
             return None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(candidate)
         if check.returncode != 0:
-            log.error("reload refused, services keep the running config:\n%s", check.stderr.strip())
+            problems = check.stderr.strip().replace(candidate, self.config_path)
+            log.error("reload refused, services keep the running config:\n%s", problems)
             return None
-        try:
-            return load_config(self.config_path)
-        except ConfigError as exc:  # changed again since the check
-            log.error("reload refused, services keep the running config:\n%s", exc)
-            return None
+        return new, pinned
 
     def reload(self) -> None:
-        new = self.validate()
-        if new is None:
+        validated = self.validate()
+        if validated is None:
+            return
+        new, pinned = validated
+        try:
+            _write_private(self.running_config, pinned)
+        except OSError as exc:
+            log.error("reload refused: cannot write %s: %s", self.running_config, exc.strerror)
             return
         self.settings = new
         wanted = set(self.enabled_services(new))
@@ -200,7 +367,9 @@ class Supervisor:
                 if proc is not None and proc.poll() is None:
                     proc.send_signal(signal.SIGHUP)
         log.info("config reloaded")
+        self.write_status()
 
+    # -- stop -------------------------------------------------------------------
     def stop_all(self) -> None:
         self._terminate(list(self.children.values()))
 
@@ -218,3 +387,50 @@ class Supervisor:
                 log.warning("%s did not stop in %.0fs; killing it", c.name, STOP_DEADLINE)
                 c.process.kill()
                 c.process.wait()
+
+    # -- status for `postwarden stat` ---------------------------------------------
+    def write_status(self, stopped: bool = False) -> None:
+        services: dict[str, dict[str, Any]] = {}
+        if self.redis is not None:
+            services[REDIS] = {"pid": self._redis_pid(), "restarts": self.restarts.get(REDIS, 0)}
+        for child in self.children.values():
+            proc = child.process
+            services[child.name] = {
+                "pid": proc.pid if proc is not None else None,
+                "restarts": self.restarts.get(child.label, 0),
+            }
+        status = {
+            "pid": None if stopped else os.getpid(),
+            "config": os.path.abspath(self.config_path),
+            "running_config": self.running_config,
+            "services": services,
+        }
+        try:
+            _write_private(os.path.join(self.state_dir, STATUS_FILE), json.dumps(status))
+        except OSError as exc:
+            log.debug("cannot write %s: %s", STATUS_FILE, exc)
+
+
+def read_status(state_dir: str) -> dict[str, Any] | None:
+    """What the supervisor of `state_dir` last wrote, if it is still running."""
+    try:
+        with open(os.path.join(state_dir, STATUS_FILE), encoding="utf-8") as fh:
+            status = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    pid = status.get("pid")
+    if not isinstance(pid, int) or not os.path.exists(f"/proc/{pid}"):
+        return None
+    return dict(status)
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write atomically, readable by the owner only (the config may hold a
+    Redis password)."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -46,7 +46,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from policyd.check import RCPT_STATES, BuiltCheck, CheckContext, CheckSpec
@@ -54,6 +53,7 @@ from policyd.decision import Decision, Verb
 from policyd.protocol import IPAddress, PolicyRequest, unmapped
 from postwarden.addresses import domain_listed
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.files import read_file
 from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.greylist import (
@@ -300,7 +300,7 @@ def _read_file(
     where: Locations,
 ) -> list[P]:
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        text = read_file(path).decode("utf-8", errors="replace")
     except OSError as exc:
         # At the config line naming the file (it was readable when the config loaded).
         problems.append(where.problem(key, f"cannot read {path}: {exc.strerror}"))

@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from policyd.check import BuiltCheck, CheckContext, CheckSpec
 from policyd.decision import Decision, Verb
 from policyd.protocol import PolicyRequest, ProtocolState
 from postwarden.addresses import is_address_pattern
 from postwarden.config.errors import ConfigProblem
+from postwarden.config.files import read_file
 from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
 from postwarden.config.sections.ratelimit import SenderLoginSettings
@@ -62,7 +62,7 @@ def parse_map_file(
     """Read `login addr, @domain ...` lines; a bad line is skipped with a warning."""
     out: dict[str, list[str]] = {}
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_file(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         # At the config line naming the file (it was readable when the config loaded).
         problems.append((where or Locations()).problem(KEY, f"cannot read {path}: {exc}"))

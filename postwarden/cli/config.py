@@ -10,6 +10,7 @@ from postwarden import protections
 from postwarden.cli.options import config_option
 from postwarden.config import ConfigError, Settings, config_path, load_config
 from postwarden.config.errors import ConfigProblem
+from postwarden.redact import mask_url
 
 EX_PROBLEMS = 2
 
@@ -42,7 +43,7 @@ def summary(path: str, settings: Settings) -> list[str]:
     if redis.sentinel is not None:
         target = f"sentinel {','.join(redis.sentinel.hosts)} service {redis.sentinel.service}"
     elif redis.url:
-        target = redis.url + (" (cluster)" if redis.cluster else "")
+        target = mask_url(redis.url) + (" (cluster)" if redis.cluster else "")
     else:
         target = f"embedded redis-server under {settings.state_dir}/redis"
     lines = [f"{path}: OK", f"  redis: {target} (prefix {redis.prefix!r})"]

@@ -9,8 +9,9 @@ import click
 
 from postwarden.cli import startup
 from postwarden.cli.config import service_problems
-from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
-from postwarden.config import Settings
+from postwarden.cli.options import EX_CONFIG, config_option
+from postwarden.config import ConfigError, Settings, config_path
+from postwarden.config.load import load_config_text, read_config_text
 from postwarden.errors import PostwardenError, StartupError
 
 log = logging.getLogger("postwarden.supervisor")
@@ -38,7 +39,15 @@ def run(config_file: str | None) -> None:
     """Start every enabled service; restart crashed ones; SIGHUP reloads."""
     from postwarden.supervisor import Supervisor
 
-    path, settings = load_or_exit(config_file)
+    path = config_path(config_file)
+    try:
+        # Read once: what is validated here is what the children will run.
+        text = read_config_text(path)
+        settings = load_config_text(text, path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EX_CONFIG)
     startup.setup_logging(settings)
     problems = service_problems(settings)
     for problem in problems:
@@ -47,7 +56,7 @@ def run(config_file: str | None) -> None:
         sys.exit(EX_CONFIG)
     startup.check_or_exit(settings, enabled_services(settings), serves_metrics=True)
     try:
-        sys.exit(Supervisor(path, settings, enabled_services).run())
+        sys.exit(Supervisor(path, settings, enabled_services, config_text=text).run())
     except StartupError as exc:
         startup.fail(exc)
     except PostwardenError as exc:

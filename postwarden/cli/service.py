@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from postwarden import metrics
+from postwarden import metrics, parentdeath
 from postwarden.cli import startup
 from postwarden.cli.options import EX_CONFIG, config_option, load_or_exit
 from postwarden.config import ConfigError
@@ -21,6 +21,7 @@ def milter(config_file: str | None, name: str) -> None:
     """Run the milter NAME in the foreground (see `postwarden milter --help`)."""
     from milters import registry, service
 
+    parentdeath.follow_supervisor()
     path, settings = load_or_exit(config_file)
     startup.setup_logging(settings)
     if name not in registry.specs():
@@ -47,6 +48,7 @@ def policyd(config_file: str | None) -> None:
     """Run the policy daemon in the foreground."""
     from policyd import service
 
+    parentdeath.follow_supervisor()
     path, settings = load_or_exit(config_file)
     startup.setup_logging(settings)
     alone = not os.environ.get(metrics.MULTIPROC_ENV)  # under `run` the supervisor serves

@@ -11,6 +11,7 @@ from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.errors import StoreUnavailable
 from postwarden.store.client import open_configured_store, unavailable_on_error
+from postwarden.supervisor import read_status
 
 
 @click.command()
@@ -19,6 +20,10 @@ from postwarden.store.client import open_configured_store, unavailable_on_error
 def stat(config_file: str | None, as_json: bool) -> None:
     """Show counters: scanned, by action, learned, greylisted, rate-limited."""
     _, settings = load_or_exit(config_file)
+    supervised = supervisor_counters(settings.state_dir)
+    if not as_json:
+        for line in supervisor_lines(settings.state_dir):
+            click.echo(line)
     store = open_configured_store(settings)
     prefix = store.keys.stat("")
     try:
@@ -38,6 +43,7 @@ def stat(config_file: str | None, as_json: bool) -> None:
     need = bayes_settings.min_learns
     active = bayes.spam >= need and bayes.ham >= need
     if as_json:
+        counters.update(supervised)
         counters["bayes_learned_spam"] = bayes.spam
         counters["bayes_learned_ham"] = bayes.ham
         counters["bayes_tokens"] = bayes.tokens
@@ -58,3 +64,28 @@ def stat(config_file: str | None, as_json: bool) -> None:
                  f"{min(bayes.ham, need)}/{need} ham")  # fmt: skip
     click.echo(f"bayes (global): learned {bayes.spam} spam, {bayes.ham} ham, "
                f"{bayes.tokens} tokens; {state}")  # fmt: skip
+
+
+def supervisor_counters(state_dir: str) -> dict[str, int]:
+    """`supervisor.restarts.SERVICE` for the running `postwarden run`, if any."""
+    status = read_status(state_dir)
+    if status is None:
+        return {}
+    return {
+        f"supervisor.restarts.{name.split()[-1]}": int(info.get("restarts", 0))
+        for name, info in status.get("services", {}).items()
+    }
+
+
+def supervisor_lines(state_dir: str) -> list[str]:
+    """What `postwarden run` supervises, with restarts; shown even when Redis
+    is down (that is when it matters)."""
+    status = read_status(state_dir)
+    if status is None:
+        return [f"supervisor: not running for {state_dir}"]
+    lines = [f"supervisor: pid {status['pid']}, running {status.get('running_config', '?')}"]
+    for name, info in status.get("services", {}).items():
+        pid = info.get("pid")
+        state = f"pid {pid}" if pid else "down, restarting"
+        lines.append(f"  {name:<20} {state:<18} restarts {info.get('restarts', 0)}")
+    return lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import json
 import os
 import types
 import typing
@@ -21,12 +22,23 @@ from typing import Any
 import yaml
 
 from postwarden.config.errors import ConfigError, ConfigProblem, FieldProblem
+from postwarden.config.files import MAX_CONFIG_SIZE, read_file
 from postwarden.config.locations import Locations
 from postwarden.config.schema import Settings
-from postwarden.config.units import Duration, FilePath, Size, SocketAddress, parse_network
+from postwarden.config.units import (
+    Duration,
+    FilePath,
+    RedisUrl,
+    Size,
+    SocketAddress,
+    parse_network,
+)
 
 DEFAULT_PATH = "/etc/postwarden/postwarden.yaml"
 ENV_VAR = "POSTWARDEN_CONFIG"
+
+# libyaml's composer when PyYAML has it (several times faster; same nodes and marks).
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _NETWORK_TYPES = {"IPv4Network | IPv6Network", "Network"}
 
@@ -39,18 +51,44 @@ def config_path(explicit: str | None) -> str:
 def load_config(path: str | os.PathLike[str]) -> Settings:
     """Read, parse and validate; raise ConfigError with every problem found."""
     path = str(path)
+    return load_config_text(read_config_text(path), path)
+
+
+def read_config_text(path: str) -> str:
+    """The config file's text: a regular UTF-8 file of at most 1 MiB."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = read_file(path, MAX_CONFIG_SIZE)
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(path, 0, "", "config file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigProblem(path, 0, "", f"cannot read config: {exc}")]) from None
-    return load_config_text(text, path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigProblem(path, 0, "", f"cannot read config: {reason}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(path, 0, "", f"config is not UTF-8: {exc}")]) from None
 
 
 def load_config_text(text: str, filename: str = "<string>") -> Settings:
+    return _load(text, filename)[0]
+
+
+def load_pinned(text: str, filename: str) -> tuple[Settings, str]:
+    """Settings from `text` (read from `filename`), and the same text with
+    every relative file path written out absolute, so that a copy kept in
+    another directory (the supervisor's `running.yaml`) loads to the same
+    settings, line for line."""
+    settings, walker = _load(text, filename)
+    pinned = text
+    for start, end, absolute in sorted(walker.relative_paths, reverse=True):
+        # A double-quoted JSON string is a valid YAML scalar in any context.
+        pinned = pinned[:start] + json.dumps(absolute) + pinned[end:]
+    return settings, pinned
+
+
+def _load(text: str, filename: str) -> tuple[Settings, _Walker]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -68,7 +106,7 @@ def load_config_text(text: str, filename: str = "<string>") -> Settings:
         # Top to bottom, as an editor shows the file (a block's cross-field
         # checks run after its keys, so discovery order jumps around).
         raise ConfigError(sorted(walker.problems, key=lambda p: p.line))
-    return dataclasses.replace(settings, _locations=walker.locations)
+    return dataclasses.replace(settings, _locations=walker.locations), walker
 
 
 class _Invalid(Exception):
@@ -81,6 +119,9 @@ class _Walker:
         self.base = Path(filename).resolve().parent if filename != "<string>" else Path.cwd()
         self.problems: list[ConfigProblem] = []
         self.locations = Locations(filename)
+        # (start, end) character offsets of relative file paths, and the
+        # absolute path each one names (for load_pinned).
+        self.relative_paths: list[tuple[int, int, str]] = []
 
     def report(self, node: yaml.Node, key: str, message: str) -> None:
         self.problems.append(ConfigProblem(self.filename, _line(node), key, message))
@@ -222,8 +263,13 @@ class _Walker:
             return self.ranged(self.scalar(_int, node, key), node, key, meta)
         if tp is float:
             return self.ranged(self.scalar(_float, node, key), node, key, meta)
+        if tp is RedisUrl:
+            return self.scalar(RedisUrl.parse, node, key)
         if tp is FilePath:
-            return self.scalar(lambda v: FilePath.parse(self.resolve(v)), node, key)
+            path = self.scalar(lambda v: FilePath.parse(self.resolve(v)), node, key)
+            if isinstance(node.value, str) and not os.path.isabs(node.value):
+                self.relative_paths.append((node.start_mark.index, node.end_mark.index, path))
+            return path
         if tp is str:
             return self.scalar(_str, node, key)
         if tp is typing.Any:

@@ -25,7 +25,7 @@ from postwarden.config.sections.headers import HeadersMilterSettings
 from postwarden.config.sections.policyd import PolicydSettings
 from postwarden.config.sections.privileges import PrivilegeSettings
 from postwarden.config.sections.spam import SpamMilterSettings
-from postwarden.config.units import Duration, Network, SocketAddress
+from postwarden.config.units import Duration, Network, RedisUrl, SocketAddress
 
 __all__ = [
     "DnsSettings",
@@ -69,22 +69,39 @@ class SentinelSettings:
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    url: str | None = setting(None, doc="redis://, rediss://, unix://; none = embedded server")
+    url: RedisUrl | None = setting(None, doc="redis://, rediss://, unix://; none = embedded server")
     prefix: str = setting("pw:", doc="prefix of every key postwarden writes")
     cluster: bool = setting(False, doc="url names a Redis Cluster node")
     sentinel: SentinelSettings | None = setting(None, doc="use Sentinel instead of url")
     timeout: Duration = setting(Duration(1.0), min=0.01, doc="socket timeout per command")
 
     def validate_node(self) -> list[Finding]:
+        # The url itself is checked (and shown masked) by its type, RedisUrl.
         problems: list[Finding] = []
-        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            why = f"must start with redis://, rediss:// or unix://, got {self.url!r}"
-            problems.append(FieldProblem("url", why))
         if self.sentinel is not None and not self.sentinel.hosts:
             problems.append(FieldProblem("sentinel.hosts", "list at least one host:port"))
+        if self.sentinel is not None:
+            for i, host in enumerate(self.sentinel.hosts):
+                problem = host_port_problem(host, default_port=True)
+                if problem:
+                    problems.append(FieldProblem(f"sentinel.hosts[{i}]", problem))
         if self.cluster and self.sentinel is not None:
             problems.append(FieldProblem("cluster", "cluster and sentinel cannot both be set"))
         return problems
+
+
+def host_port_problem(text: str, default_port: bool = False) -> str | None:
+    """None when `text` is host:port (or [v6]:port) with a port 1-65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, ""
+    if host.startswith("[") != host.endswith("]") or not host.strip("[]"):
+        return f"expected host:port, got {text!r}"
+    if not port and default_port:
+        return None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"port must be 1-65535 in {text!r}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +115,10 @@ class LogSettings:
 class MetricsSettings:
     enabled: bool = setting(False)
     listen: str = setting("127.0.0.1:9900", doc="host:port of the /metrics endpoint")
+
+    def validate_node(self) -> list[Finding]:
+        problem = host_port_problem(self.listen)
+        return [FieldProblem("listen", problem)] if problem else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis.connection import parse_url
+
+from postwarden.config.files import check_file
+from postwarden.redact import mask_url
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _DURATION_FACTORS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -101,6 +106,8 @@ class SocketAddress:
                 raise ValueError(f"port must be a number, got {port_text!r}") from None
             if not 0 < port < 65536:
                 raise ValueError(f"port must be 1-65535, got {port}")
+            if host and not valid_host(host):
+                raise ValueError(f"not an IP address or host name: {host!r}")
             return cls("inet", host=host, port=port)
         raise ValueError(f'unknown socket type {scheme!r}: use "unix:/path" or "inet:host:port"')
 
@@ -133,6 +140,21 @@ def _split_host_port(text: str) -> tuple[str, str]:
     return host, port
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def valid_host(host: str) -> bool:
+    """An IP address, or a host name by RFC 1123 2.1 (letters, digits and
+    hyphens in dot-separated labels of at most 63 characters)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -153,20 +175,54 @@ def parse_network(value: object) -> Network:
 
 
 class FilePath(str):
-    """A file the config names; it must exist and be readable at load time."""
+    """A file the config names: a readable regular file within the size limit
+    (postwarden/config/files.py), checked at load time."""
 
     @classmethod
     def parse(cls, value: object) -> FilePath:
         if not isinstance(value, str) or not value:
             raise ValueError(f"expected a file path, got {value!r}")
-        path = Path(value)
-        if not path.exists():
-            raise ValueError(f"file not found: {value}")
-        if not path.is_file():
-            raise ValueError(f"not a regular file: {value}")
         try:
-            with path.open("rb"):
-                pass
+            check_file(value)
+        except FileNotFoundError:
+            raise ValueError(f"file not found: {value}") from None
         except OSError as exc:
-            raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+            raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
         return cls(value)
+
+
+class RedisUrl(str):
+    """`redis://`, `rediss://` or `unix://` URL, checked as the services'
+    redis-py will read it at start: scheme, host, port, database number and
+    query options. Shown masked (`redis://:***@host`) in every message."""
+
+    @classmethod
+    def parse(cls, value: object) -> RedisUrl:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a URL like redis://host:6379/0, got {value!r}")
+        shown = mask_url(value)
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {shown!r}")
+        try:
+            parsed = urlsplit(value)
+            parse_url(value)  # type: ignore[no-untyped-call]  # what Redis.from_url does first
+            port = parsed.port
+        except ValueError as exc:
+            raise ValueError(f"{shown!r}: {exc}") from None
+        if parsed.scheme == "unix":
+            if not parsed.path.startswith("/"):
+                raise ValueError(f"{shown!r}: unix:// needs an absolute socket path")
+            return cls(value)
+        if not parsed.hostname:
+            raise ValueError(f"{shown!r}: no host")
+        if not valid_host(parsed.hostname):
+            raise ValueError(f"{shown!r}: not an IP address or host name: {parsed.hostname!r}")
+        if port == 0:
+            raise ValueError(f"{shown!r}: port must be 1-65535")
+        db = parsed.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"{shown!r}: the path must be a database number, got {db!r}")
+        return cls(value)
+
+    def __repr__(self) -> str:
+        return f"RedisUrl({mask_url(self)!r})"

@@ -15,11 +15,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from postwarden import privileges
+from postwarden import parentdeath, privileges
 from postwarden.errors import EmbeddedRedisError
 from postwarden.privileges import Identity
 
 INSTALL_HINT = "install it with: apt-get install redis-server"
+# How long a new server waits for a previous one that is still shutting down.
+PREVIOUS_STOP_WAIT = 60.0
 
 
 def socket_path(state_dir: str | os.PathLike[str]) -> str:
@@ -55,11 +57,12 @@ class EmbeddedRedis:
         self.state_dir = Path(state_dir)
         self.dir = Path(state_dir) / "redis"
         self.socket = socket_path(state_dir)
+        self.pidfile = self.dir / "redis.pid"
         self.persist = persist
         self.run_as = run_as  # started by root: run redis-server as the service user
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 10.0) -> str:
+    def start(self, timeout: float = 10.0, previous_wait: float = PREVIOUS_STOP_WAIT) -> str:
         binary = shutil.which("redis-server")
         if binary is None:
             raise EmbeddedRedisError(f"redis-server not found on PATH; {INSTALL_HINT}")
@@ -70,6 +73,7 @@ class EmbeddedRedis:
             raise EmbeddedRedisError(f"cannot create {self.dir}: {exc.strerror}") from None
         if answers(self.socket):
             raise EmbeddedRedisError(f"a Redis already answers on {self.socket}")
+        self._wait_for_previous(previous_wait)
         if os.path.exists(self.socket):
             os.unlink(self.socket)
         log = self.dir / "redis.log"
@@ -87,13 +91,16 @@ class EmbeddedRedis:
             "no",
             "--logfile",
             str(log),
+            "--pidfile",
+            str(self.pidfile),
             "--appendonly",
             "no",
             "--save",
             "300 1 60 1000" if self.persist else "",
         ]
         self.process = subprocess.Popen(
-            args,
+            # It stops when its owner dies, however it dies (parentdeath.py).
+            parentdeath.command(os.getpid(), args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -115,6 +122,28 @@ class EmbeddedRedis:
             time.sleep(0.02)
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer on {self.socket} in {timeout}s")
+
+    def previous_pid(self) -> int | None:
+        """The pid of a redis-server that ran here and has not exited yet."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"redis-server" in cmdline else None  # a zombie's is empty
+
+    def _wait_for_previous(self, timeout: float) -> None:
+        """A redis-server still stopping (an orphan's, saving its snapshot)
+        unlinks the socket path when it exits, whoever has bound it since:
+        start only once it is gone."""
+        deadline = time.monotonic() + timeout
+        while (pid := self.previous_pid()) is not None:
+            if time.monotonic() >= deadline:
+                raise EmbeddedRedisError(
+                    f"a redis-server from a previous run (pid {pid}) is still running in"
+                    f" {self.dir}; stop it first"
+                )
+            time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None

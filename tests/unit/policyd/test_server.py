@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -246,5 +248,93 @@ def test_reload_swaps_checks_without_dropping_the_connection(
             assert await reader.readuntil(b"\n\n") == b"action=550 5.7.1 no thanks\n\n"
             writer.close()
         await store.close()
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "malformed policy request")
+def test_a_flood_of_blank_lines_is_answered_but_logged_once_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK]) as server:
+            reader, writer = await asyncio.open_unix_connection(server.settings.policyd.socket.path)
+            writer.write(b"\n" * 10_000)
+            expected = b"action=DUNNO\n\n" * 10_000
+            got = b""
+            while len(got) < len(expected):
+                chunk = await asyncio.wait_for(reader.read(65536), 30)
+                assert chunk, "connection closed early"
+                got += chunk
+            assert got == expected
+            writer.close()
+
+    run(go)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2, lines
+    assert "9999 more since last report" in lines[1]
+
+
+@pytest.mark.expect_log("WARNING", "request not complete")
+def test_a_trickling_client_is_cut_off_at_the_request_deadline(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK], request_timeout=0.5) as server:
+            reader, writer = await asyncio.open_unix_connection(server.settings.policyd.socket.path)
+            # One byte at a time, each well within any per-read timer; bounded
+            # so a server that never cuts it off fails instead of hanging.
+            payload = req(recipient="reject@x")
+            for i in range(600):
+                if reader.at_eof() or writer.is_closing():
+                    break
+                writer.write(payload[i % (len(payload) - 2) : i % (len(payload) - 2) + 1])
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            writer.close()
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "to admit a new one")
+def test_when_full_the_longest_idle_connection_makes_room(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK], max_connections=4) as server:
+            path = server.settings.policyd.socket.path
+            idle = [await asyncio.open_unix_connection(path) for _ in range(4)]
+            # the first one has answered a request since, so the second is the longest idle
+            idle[0][1].write(req(recipient="ok@x"))
+            assert await idle[0][0].readuntil(b"\n\n") == b"action=DUNNO\n\n"
+            out = await asyncio.wait_for(exchange(path, req(recipient="reject@x"), 1), 30)
+            assert out == [b"action=550 5.7.1 no thanks\n\n"]
+            assert await asyncio.wait_for(idle[1][0].read(), 30) == b""
+            idle[0][1].write(req(recipient="ok@x"))
+            assert await idle[0][0].readuntil(b"\n\n") == b"action=DUNNO\n\n"
+            for _, w in idle:
+                w.close()
+
+    run(go)
+
+
+@pytest.mark.expect_log("WARNING", "to admit a new one")
+def test_when_full_of_stalled_requests_the_oldest_stalled_makes_room(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(tmp_path, [CHECK], max_connections=3) as server:
+            path = server.settings.policyd.socket.path
+            stalled = []
+            for _ in range(3):
+                r, w = await asyncio.open_unix_connection(path)
+                w.write(b"request=smtpd_access_policy\nsender=")
+                await w.drain()
+                stalled.append((r, w))
+            for _ in range(600):  # until the server has read every partial request
+                if server.connection_states()["reading"] == 3:
+                    break
+                await asyncio.sleep(0.05)
+            out = await asyncio.wait_for(exchange(path, req(recipient="reject@x"), 1), 30)
+            assert out == [b"action=550 5.7.1 no thanks\n\n"]
+            assert await asyncio.wait_for(stalled[0][0].read(), 30) == b""
+            for _, w in stalled:
+                w.close()
 
     run(go)

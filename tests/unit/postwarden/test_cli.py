@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,39 @@ def test_config_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     lines = result.output.strip().splitlines()
     assert lines[0].startswith(f"{cfg}:2: redis.urll: unknown key; did you mean 'url'?")
     assert lines[1].startswith(f"{cfg}:4: policyd.on_error: expected one of accept, tempfail")
+
+
+def test_config_check_refuses_a_redis_url_the_services_cannot_parse(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path, 'state_dir: /tmp\nredis:\n  url: "redis://:s3cret@127.0.0.1:notaport/0"\n'
+    )
+    result = CliRunner().invoke(main, ["config", "check", "-c", cfg])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"{cfg}:3: redis.url: 'redis://:***@127.0.0.1:notaport/0'")
+    assert "s3cret" not in result.output
+
+
+def test_config_check_summary_masks_the_redis_password(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'redis:\n  url: "redis://:s3cret@127.0.0.1:6379/0"\n')
+    result = CliRunner().invoke(main, ["config", "check", "-c", cfg])
+    assert result.exit_code == 0, result.output
+    assert "redis: redis://:***@127.0.0.1:6379/0" in result.output
+    assert "s3cret" not in result.output
+
+
+def test_config_check_on_a_fifo_fails_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "pw.yaml"
+    os.mkfifo(fifo)
+    out = subprocess.run(
+        [sys.executable, "-m", "postwarden", "config", "check", "-c", str(fifo)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,  # "did not hang"
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr == f"{fifo}: cannot read config: a FIFO, not a regular file\n"
 
 
 def test_config_file_comes_from_the_environment(tmp_path: Path) -> None:

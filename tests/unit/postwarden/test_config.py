@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from postwarden.config import ConfigError, Settings, config_path, load_config, load_config_text
+from postwarden.config.files import MAX_CONFIG_SIZE, read_file
 from postwarden.config.schema import OnError
 from postwarden.config.units import Duration, Size, SocketAddress
+from postwarden.redact import mask_url
 
 
 def problems(text: str) -> list[str]:
@@ -170,3 +173,87 @@ def test_a_partly_written_block_keeps_its_own_defaults() -> None:
     assert s.milters.noop.socket.path == "/var/spool/postfix/postwarden/noop.sock"
     assert s.milters.noop.enabled is False  # noop's own default, not MilterSettings'
     assert s.milters.noop.on_error is OnError.TEMPFAIL
+
+
+def test_a_fifo_as_config_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "pw.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="a FIFO, not a regular file"):
+        load_config(fifo)
+
+
+def test_a_device_as_config_is_refused() -> None:
+    with pytest.raises(ConfigError, match="/dev/zero: cannot read config: a character device"):
+        load_config("/dev/zero")
+
+
+def test_a_config_over_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * (MAX_CONFIG_SIZE // 10 + 1))
+    with pytest.raises(ConfigError, match="larger than the 1 MiB limit"):
+        load_config(big)
+
+
+def test_a_named_file_must_be_a_regular_file_within_the_limit(tmp_path: Path) -> None:
+    fifo = tmp_path / "clients.fifo"
+    os.mkfifo(fifo)
+    text = f"policyd:\n  greylist:\n    whitelist_clients_files: [{fifo}, /dev/zero]\n"
+    assert problems(text) == [
+        f"pw.yaml:3: policyd.greylist.whitelist_clients_files[0]: cannot read {fifo}:"
+        " a FIFO, not a regular file",
+        "pw.yaml:3: policyd.greylist.whitelist_clients_files[1]: cannot read /dev/zero:"
+        " a character device, not a regular file",
+    ]
+
+
+def test_services_reading_a_named_file_refuse_a_fifo_and_an_oversized_file(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "rules.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="a FIFO"):
+        read_file(fifo)
+    big = tmp_path / "rules"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(OSError, match="larger than the 100 bytes limit"):
+        read_file(big, limit=100)
+    assert read_file(big, limit=101) == b"x" * 101
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://:x@127.0.0.1:notaport/0", "Port could not be cast to integer"),
+        ("redis://:x@127.0.0.1:70000/0", "Port out of range"),
+        ("redis://h:6379/zero", "the path must be a database number, got 'zero'"),
+        ("redis://:x@bad_host!:6379/0", "not an IP address or host name: 'bad_host!'"),
+        ("redis://h:6379/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("unix://", "unix:// needs an absolute socket path"),
+        ("http://h", "must start with redis://, rediss:// or unix://"),
+    ],
+)
+def test_redis_urls_are_checked_as_the_services_parse_them(url: str, message: str) -> None:
+    [problem] = problems(f'redis:\n  prefix: "x:"\n  url: "{url}"\n')
+    assert problem.startswith("pw.yaml:3: redis.url: ")
+    assert message in problem
+    assert ":x@" not in problem
+
+
+def test_a_redis_password_never_shows_in_settings_or_problems() -> None:
+    s = load_config_text('redis: {url: "redis://:hunter2@127.0.0.1:6379/0"}')
+    assert "hunter2" not in repr(s)
+    assert "redis://:***@127.0.0.1:6379/0" in repr(s.redis)
+    [problem] = problems('redis: {url: "redis://:hunter2@127.0.0.1:port/0"}')
+    assert "hunter2" not in problem
+    assert mask_url("redis://user:pw@h/0?password=pw2") == "redis://user:***@h/0?password=***"
+
+
+def test_an_inet_socket_needs_an_address_or_host_name() -> None:
+    [problem] = problems('policyd: {socket: "inet:local host:9904"}')
+    assert "policyd.socket: not an IP address or host name: 'local host'" in problem
+    assert SocketAddress.parse("inet:mx-1.example.org:9904").host == "mx-1.example.org"
+
+
+def test_metrics_listen_needs_a_port() -> None:
+    [problem] = problems('metrics: {listen: "127.0.0.1:metrics"}')
+    assert "listen: port must be 1-65535" in problem

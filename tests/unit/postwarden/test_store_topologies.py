@@ -24,6 +24,7 @@ from policyd.protocol import PolicyRequest, RequestParser, encode_request
 from postwarden.clock import ManualClock
 from postwarden.config import ConfigProblem, load_config_text
 from postwarden.config.schema import RedisSettings, SentinelSettings
+from postwarden.config.units import RedisUrl
 from postwarden.store.client import open_async_store, open_store
 
 
@@ -195,7 +196,7 @@ def test_cluster_runs_greylist_and_multi_rule_ratelimit_scripts(cluster_url: str
 
 
 def test_cluster_sync_store_counts(cluster_url: str) -> None:
-    store = open_store(RedisSettings(url=cluster_url, cluster=True, prefix="pwc:"))
+    store = open_store(RedisSettings(url=RedisUrl.parse(cluster_url), cluster=True, prefix="pwc:"))
     store.count("cluster.test", 3)
     assert store.redis.get(store.keys.stat("cluster.test")) == b"3"
     store.close()
