@@ -20,6 +20,7 @@ COMMANDS = [
     "postwarden.cli.config:config",
     "postwarden.cli.scan:scan",
     "postwarden.cli.stat:stat",
+    "postwarden.cli.learn:learn",
     "postwarden.cli.postfix_config:postfix_config",
     "postwarden.cli.ratelimit:ratelimit",
     "postwarden.cli.greylist:greylist",

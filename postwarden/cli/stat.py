@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.errors import StoreUnavailable
 from postwarden.stats import milter_action_shares
@@ -30,6 +31,8 @@ def stat(config_file: str | None, as_json: bool) -> None:
         with unavailable_on_error():
             keys = sorted(store.redis.scan_iter(match=store.keys.stat_pattern(), count=1000))
             values = store.redis.mget(keys) if keys else []
+        bayes_settings = settings.milters.spam.bayes
+        bayes = BayesStore(store, bayes_settings).state(GLOBAL_SCOPE)
     except StoreUnavailable as exc:
         click.echo(f"postwarden stat: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
@@ -38,8 +41,14 @@ def stat(config_file: str | None, as_json: bool) -> None:
         for k, v in zip(keys, values, strict=True)
         if v is not None
     }
+    need = bayes_settings.min_learns
+    active = bayes.spam >= need and bayes.ham >= need
     if as_json:
         counters.update(supervised)
+        counters["bayes_learned_spam"] = bayes.spam
+        counters["bayes_learned_ham"] = bayes.ham
+        counters["bayes_tokens"] = bayes.tokens
+        counters["bayes_active"] = int(active and bayes_settings.enabled)
         click.echo(json.dumps(counters, sort_keys=True))
         return
     if not counters:
@@ -51,6 +60,15 @@ def stat(config_file: str | None, as_json: bool) -> None:
         click.echo(f"\nmilter {milter}: {counters[f'milter.{milter}.scanned']} messages scanned")
         for action, n, share in rows:
             click.echo(f"  Messages with action {action}: {n}, {share:.2%}")
+    if not bayes_settings.enabled:
+        state = "disabled in the config"
+    elif active:
+        state = "active"
+    else:
+        state = (f"inactive: learning {min(bayes.spam, need)}/{need} spam, "
+                 f"{min(bayes.ham, need)}/{need} ham")  # fmt: skip
+    click.echo(f"bayes (global): learned {bayes.spam} spam, {bayes.ham} ham, "
+               f"{bayes.tokens} tokens; {state}")  # fmt: skip
 
 
 def supervisor_counters(state_dir: str) -> dict[str, int]:

@@ -59,6 +59,26 @@ class Keys:
     def spf_result(self, identity: str, client_ip: str, domain: str, helo: str) -> str:
         return f"{self.prefix}spf:v1:{identity}:{digest(client_ip, domain, helo)}"
 
+    # -- Bayes statistics (postwarden/bayes/store.py). One scope ("global",
+    # or "u:<digest>" per user) is one hash tag, so the learn and classify
+    # scripts touch one slot on Redis Cluster. Token hashes (fields s, h)
+    # live milters.spam.bayes.token_ttl after their last learn
+    # (rare_token_ttl while seen in one message only); the state hash
+    # (learned counts) lives STAT_TTL; a learned message's class
+    # learned_ttl.
+    def bayes_token(self, scope: str, token_id: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:t:{token_id}"
+
+    def bayes_state(self, scope: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:state"
+
+    def bayes_learned(self, scope: str, message_digest: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:m:{message_digest}"
+
+    def bayes_pattern(self, scope: str, kind: str) -> str:
+        """SCAN pattern of one scope's "t" (token) or "m" (message) keys."""
+        return f"{self.prefix}bayes:v1:{{{scope}}}:{kind}:*"
+
     # -- DKIM key records (milters/dkim/records.py): the TXT record text of
     # <selector>._domainkey.<domain>; TTL the record's own, at most
     # milters.dkim.key_cache_ttl.

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from postwarden.config.errors import FieldProblem, Finding
 from postwarden.config.fields import setting
+from postwarden.config.sections.bayes import BayesSettings
 from postwarden.config.sections.common import MilterSettings
 from postwarden.config.sections.headers import re2_problem
 from postwarden.config.units import Duration, FilePath, Size
@@ -236,6 +237,10 @@ class SpamMilterSettings(MilterSettings):
     many_domains: int = setting(10, min=2, doc="distinct URL domains for URL_MANY_DOMAINS")
     authserv_id: str = setting("", doc="our Authentication-Results id; empty = host FQDN")
     dnsbl: DnsblSettings = setting(factory=DnsblSettings)
+
+    bayes: BayesSettings = setting(
+        factory=BayesSettings, doc="Bayes classifier (BAYES_SPAM/BAYES_HAM)"
+    )
 
     def validate_node(self) -> list[Finding]:
         problems: list[Finding] = []

@@ -1,0 +1,142 @@
+"""`postwarden learn spam|ham|forget [-c FILE] [--user NAME] PATH...`: train Bayes.
+
+PATH is a message file, a Maildir folder (its new/ and cur/), a plain
+directory of message files, an mbox file, or `-` for one message on stdin.
+Prints a summary (learned, already known, relearned as the other class,
+skipped with the reason). Exit status: 0 when every message was handled,
+EX_DATAERR (65) when something was skipped, EX_UNAVAILABLE (69) when Redis
+is away, EX_NOPERM (77) when a Redis ACL forbids a command,
+EX_CONFIG (78) for a bad config.
+
+`--user` picks the user's own statistics when `milters.spam.bayes.per_user`
+is on (contrib/dovecot passes Dovecot's authenticated user name); with
+global statistics it changes nothing. `learn upkeep` recounts the token
+hashes left after rare tokens expired (the number the `max_tokens` cap
+compares against).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import redis
+
+from postwarden.bayes import learning
+from postwarden.bayes.sources import iter_paths
+from postwarden.bayes.store import BayesStore, scope_for
+from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
+from postwarden.config.schema import Settings
+from postwarden.errors import StoreUnavailable
+from postwarden.store.client import Store, open_configured_store
+
+EX_DATAERR = 65
+EX_NOPERM = 77
+PROGRESS_EVERY = 500
+
+
+@click.group()
+def learn() -> None:
+    """Train the Bayes classifier (or make it forget)."""
+
+
+def _store(settings: Settings) -> Store:
+    return open_configured_store(settings)
+
+
+def _run(
+    action: str,
+    config_file: str | None,
+    user: str | None,
+    paths: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    _, settings = load_or_exit(config_file)
+    bayes = settings.milters.spam.bayes
+    store = _store(settings)
+    bstore = BayesStore(store, bayes)
+    scope = scope_for(bayes, user)
+    show_progress = not quiet and sys.stderr.isatty()
+    last = [0]
+
+    def progress(s: learning.LearnSummary) -> None:
+        if show_progress and s.seen - last[0] >= PROGRESS_EVERY:
+            last[0] = s.seen
+            click.echo(f"\r{s.seen} messages ...", err=True, nl=False)
+
+    try:
+        summary = learning.learn(
+            bstore, scope, action, iter_paths(list(paths), sys.stdin.buffer), progress
+        )
+    except StoreUnavailable as exc:
+        click.echo(f"postwarden learn: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    except redis.exceptions.NoPermissionError as exc:
+        # A Redis ACL user without the rights lua/bayes_learn.lua needs
+        # (contrib/dovecot/README.md lists them).
+        click.echo(f"postwarden learn: redis refused: {exc}", err=True)
+        sys.exit(EX_NOPERM)
+    finally:
+        store.close()
+    if show_progress and last[0]:
+        click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), sort_keys=True))
+    elif not quiet or summary.skipped:
+        _print_summary(summary)
+    if summary.skipped:
+        sys.exit(EX_DATAERR)
+
+
+def _print_summary(s: learning.LearnSummary) -> None:
+    if s.action == "forget":
+        click.echo(f"forgot {s.forgotten}, not learned before {s.unknown}, "
+                   f"skipped {len(s.skipped)}")  # fmt: skip
+    else:
+        other = "ham" if s.action == "spam" else "spam"
+        click.echo(f"learned {s.learned} as {s.action}, already known {s.known}, "
+                   f"relearned {s.relearned} (were {other}), skipped {len(s.skipped)}")  # fmt: skip
+    for path, reason in s.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+
+
+def _command(action: str, help_text: str) -> click.Command:
+    @click.command(name=action, help=help_text)
+    @config_option
+    @click.option("--user", default=None, metavar="NAME",
+                  help="the mailbox user whose statistics to train (with per_user)")  # fmt: skip
+    @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
+    @click.option("-q", "--quiet", is_flag=True, help="print only what was skipped")
+    @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+    def command(
+        config_file: str | None, user: str | None, as_json: bool, quiet: bool,
+        paths: tuple[str, ...],
+    ) -> None:  # fmt: skip
+        _run(action, config_file, user, paths, as_json, quiet)
+
+    return command
+
+
+learn.add_command(_command("spam", "Learn the messages in PATH... as spam."))
+learn.add_command(_command("ham", "Learn the messages in PATH... as ham."))
+learn.add_command(_command("forget", "Take back what was learned from PATH..."))
+
+
+@learn.command()
+@config_option
+@click.option("--user", default=None, metavar="NAME")
+def upkeep(config_file: str | None, user: str | None) -> None:
+    """Recount the token hashes left after rare tokens expired."""
+    _, settings = load_or_exit(config_file)
+    bayes = settings.milters.spam.bayes
+    store = _store(settings)
+    try:
+        n = BayesStore(store, bayes).recount(scope_for(bayes, user))
+    except StoreUnavailable as exc:
+        click.echo(f"postwarden learn: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    finally:
+        store.close()
+    click.echo(f"{n} tokens (cap {bayes.max_tokens})")

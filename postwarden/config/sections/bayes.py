@@ -1,0 +1,54 @@
+"""`milters.spam.bayes`: the Bayes classifier (postwarden/bayes) and `postwarden learn`.
+
+The statistics are global by default (every user's Junk moves train one
+shared filter, as Onlime does); `per_user` keeps one set per mailbox user
+instead. Bayes says nothing until it has learned `min_learns` spam AND
+`min_learns` ham (NethServer's rule: 200 each), and a symbol says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from postwarden.config.fields import setting
+from postwarden.config.units import Duration
+
+
+class CombineMethod(StrEnum):
+    """How token probabilities become one (postwarden/bayes/combine.py).
+
+    chi2: Robinson's smoothing and Fisher's inverse chi-square (SpamBayes,
+    SpamAssassin); naive: the naive-Bayes log-likelihood sum.
+    """
+
+    CHI2 = "chi2"
+    NAIVE = "naive"
+
+
+@dataclass(frozen=True, slots=True)
+class BayesSettings:
+    enabled: bool = setting(True)
+    min_learns: int = setting(200, min=1, doc="spam AND ham messages learned before use")
+    method: CombineMethod = setting(CombineMethod.CHI2)
+    spam_probability: float = setting(
+        0.9, min=0.5, max=1.0, doc="BAYES_SPAM at or above this probability"
+    )
+    ham_probability: float = setting(
+        0.1, min=0.0, max=0.5, doc="BAYES_HAM at or below this probability"
+    )
+    per_user: bool = setting(False, doc="one statistics set per mailbox user")
+    token_ttl: Duration = setting(Duration(180 * 86400.0), min=86400, doc="after last learn")
+    rare_token_ttl: Duration = setting(
+        Duration(30 * 86400.0), min=3600, doc="tokens seen in one message only"
+    )
+    max_tokens: int = setting(3_000_000, min=1000, doc="cap: no new tokens past it")
+    learned_ttl: Duration = setting(
+        Duration(400 * 86400.0), min=86400, doc="how long a learned message is remembered"
+    )
+
+    def validate_node(self) -> list[str]:
+        problems = []
+        if self.rare_token_ttl > self.token_ttl:
+            problems.append("rare_token_ttl must not exceed token_ttl")
+        return problems

@@ -1,0 +1,70 @@
+-- Learn (or forget) one message's tokens in one Bayes scope, atomically.
+--
+-- KEYS[1]  state hash of the scope (fields spam, ham: messages learned;
+--          tokens: token hashes created, an upper bound kept for the cap)
+-- KEYS[2]  the message's memory key (its class, "spam" or "ham")
+-- KEYS[3..] one hash per distinct token (fields s, h: messages seen in)
+-- ARGV[1]  "spam" | "ham" | "forget"
+-- ARGV[2]  token TTL (s), ARGV[3] rare token TTL (s), ARGV[4] memory TTL (s)
+-- ARGV[5]  max tokens (no new token hashes once the state says this many)
+-- ARGV[6]  state TTL (s)
+--
+-- Returns "learned", "known" (same class before), "relearned" (the other
+-- class before: its counts moved), "forgotten", "unknown" (forget of a
+-- message never learned).
+local cls = ARGV[1]
+local token_ttl = tonumber(ARGV[2])
+local rare_ttl = tonumber(ARGV[3])
+local memory_ttl = tonumber(ARGV[4])
+local max_tokens = tonumber(ARGV[5])
+local state_ttl = tonumber(ARGV[6])
+local field = { spam = "s", ham = "h" }
+
+local prev = redis.call("GET", KEYS[2])
+if prev ~= "spam" and prev ~= "ham" then prev = nil end
+
+local function drop(key, f)
+  local n = redis.call("HINCRBY", key, f, -1)
+  if n <= 0 then
+    redis.call("HDEL", key, f) -- an empty hash disappears by itself
+  end
+end
+
+if cls == "forget" then
+  if not prev then return "unknown" end
+  for i = 3, #KEYS do drop(KEYS[i], field[prev]) end
+  redis.call("HINCRBY", KEYS[1], prev, -1)
+  redis.call("DEL", KEYS[2])
+  return "forgotten"
+end
+
+if prev == cls then
+  redis.call("EXPIRE", KEYS[2], memory_ttl)
+  return "known"
+end
+
+local mine, other = field[cls], (cls == "spam" and "h" or "s")
+local created = 0
+local full = (tonumber(redis.call("HGET", KEYS[1], "tokens")) or 0) >= max_tokens
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  if prev then drop(key, other) end
+  local exists = redis.call("EXISTS", key) == 1
+  if exists or not full then
+    local n = redis.call("HINCRBY", key, mine, 1)
+    local total = n + (tonumber(redis.call("HGET", key, other)) or 0)
+    if total <= 1 then
+      redis.call("EXPIRE", key, rare_ttl)
+    else
+      redis.call("EXPIRE", key, token_ttl)
+    end
+    if not exists then created = created + 1 end
+  end
+end
+if prev then redis.call("HINCRBY", KEYS[1], prev, -1) end
+redis.call("HINCRBY", KEYS[1], cls, 1)
+if created > 0 then redis.call("HINCRBY", KEYS[1], "tokens", created) end
+redis.call("EXPIRE", KEYS[1], state_ttl)
+redis.call("SET", KEYS[2], cls, "EX", memory_ttl)
+if prev then return "relearned" end
+return "learned"

@@ -1,0 +1,169 @@
+"""`postwarden learn` and `postwarden stat` on files, Maildirs, mbox, stdin and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from postwarden.bayes.sources import Found, Skipped, iter_maildir
+from postwarden.cli import main
+from postwarden.store.client import Store
+from postwarden.store.embedded import EmbeddedRedis
+
+
+def msg(n: int, kind: str = "spam") -> bytes:
+    return (
+        f"From: a{n}@example.org\nSubject: {kind} number {n}\nMessage-ID: <{kind}{n}@x>\n\n"
+        f"{kind} words here {n}\n"
+    ).encode()
+
+
+def config(tmp_path: Path, redis_server: EmbeddedRedis, extra: str = "") -> str:
+    path = tmp_path / "pw.yaml"
+    path.write_text(
+        f'redis: {{url: "unix://{redis_server.socket}", prefix: "pwtest:"}}\n'
+        f"milters:\n  spam:\n    bayes: {{min_learns: 2{extra}}}\n"
+    )
+    return str(path)
+
+
+def learn(cfg: str, *args: str, stdin: bytes | None = None) -> tuple[int, dict[str, object]]:
+    result = CliRunner().invoke(main, ["learn", *args[:1], "-c", cfg, "--json", *args[1:]],
+                                input=stdin)  # fmt: skip
+    assert result.stdout.strip(), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def maildir(root: Path, *messages: bytes) -> Path:
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    for n, raw in enumerate(messages):
+        (root / ("new" if n % 2 else "cur") / f"17000{n}.M{n}.host:2,S").write_bytes(raw)
+    return root
+
+
+def test_learn_a_maildir_then_again_then_as_the_other_class(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    cfg = config(tmp_path, redis_server)
+    box = maildir(tmp_path / "Junk", msg(1), msg(2), msg(3))
+    code, s = learn(cfg, "spam", str(box))
+    assert code == 0 and s["learned"] == 3 and s["skipped"] == []
+    code, s = learn(cfg, "spam", str(box))
+    assert code == 0 and (s["learned"], s["already_known"]) == (0, 3)
+    code, s = learn(cfg, "ham", str(box / "cur" / os.listdir(box / "cur")[0]))
+    assert code == 0 and s["relearned"] == 1
+    code, s = learn(cfg, "forget", str(box))  # forgets whichever class it was
+    assert code == 0 and (s["forgotten"], s["not_learned_before"]) == (3, 0)
+    code, s = learn(cfg, "forget", str(box))
+    assert code == 0 and (s["forgotten"], s["not_learned_before"]) == (0, 3)
+
+
+def test_learn_an_mbox_and_stdin(tmp_path: Path, store: Store, redis_server: EmbeddedRedis) -> None:
+    cfg = config(tmp_path, redis_server)
+    mbox = tmp_path / "spam.mbox"
+    mbox.write_bytes(
+        b"From a@example.org Mon Jan  1 00:00:00 2024\n" + msg(1)
+        + b"\nFrom this line is not a separator, it is body text\n"
+        + b"\nFrom b@example.org Tue Jan  2 00:00:00 2024\n" + msg(2)
+        + b"\n>From quoted line\n"
+    )  # fmt: skip
+    code, s = learn(cfg, "spam", str(mbox))
+    assert code == 0 and s["learned"] == 2
+    code, s = learn(cfg, "ham", "-", stdin=msg(7, "ham"))
+    assert code == 0 and s["learned"] == 1
+
+
+def test_bad_input_is_skipped_with_reasons_and_the_rest_learned(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    cfg = config(tmp_path, redis_server)
+    d = tmp_path / "mixed"
+    d.mkdir()
+    (d / "01-good.eml").write_bytes(msg(1))
+    (d / "02-random.bin").write_bytes(os.urandom(4096))
+    (d / "03-png.eml").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+    (d / "04-huge-line.eml").write_bytes(b"Subject: big\n\n" + b"A" * (10 * 1024 * 1024))
+    (d / "05-empty.eml").write_bytes(b"")
+    (d / "06-attachment.eml").write_bytes(
+        b"Subject: with a binary attachment\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n\n'
+        b"see the file\n--b\nContent-Type: application/octet-stream\n"
+        b"Content-Transfer-Encoding: base64\n\nAAECAwQFBgcICQ==\n--b--\n"
+    )
+    os.mkfifo(d / "07-fifo")
+    (d / "08-good.eml").write_bytes(msg(8))
+    code, s = learn(cfg, "spam", str(d), str(tmp_path / "missing.eml"))
+    assert code == 65, s
+    assert s["learned"] == 3  # 01, 06 (its attachment is just a part) and 08
+    reasons = {Path(p["path"]).name: p["reason"] for p in s["skipped"]}  # type: ignore[attr-defined]
+    assert reasons == {
+        "02-random.bin": "not a mail message (no header block)",
+        "03-png.eml": "not a mail message (no header block)",
+        "04-huge-line.eml": "a line of 10485760 bytes (RFC 5322 allows 998)",
+        "05-empty.eml": "empty",
+        "07-fifo": "not a regular file",
+        "missing.eml": "no such file or directory",
+    }
+
+
+def test_an_unreadable_file_among_many_is_skipped(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    cfg = config(tmp_path, redis_server)
+    d = tmp_path / "box"
+    d.mkdir()
+    for n in range(3):
+        (d / f"{n}.eml").write_bytes(msg(n))
+    if os.geteuid() == 0:
+        # Root reads any file whatever its mode; a read error from the
+        # kernel stands in for it (/proc/self/mem fails at offset 0 with EIO).
+        (d / "1.eml").unlink()
+        os.symlink("/proc/self/mem", d / "1.eml")
+        reason = "unreadable: Input/output error"
+    else:
+        os.chmod(d / "1.eml", 0)
+        reason = "unreadable: Permission denied"
+    code, s = learn(cfg, "spam", str(d))
+    assert code == 65
+    assert s["learned"] == 2
+    assert s["skipped"] == [{"path": str(d / "1.eml"), "reason": reason}]
+
+
+def test_a_maildir_file_vanishing_mid_run_is_skipped_or_found_in_cur(tmp_path: Path) -> None:
+    box = maildir(tmp_path / "INBOX", *(msg(n) for n in range(6)))
+    new = sorted(os.listdir(box / "new"))
+    assert len(new) == 3
+    items: Iterator[object] = iter_maildir(box)
+    first = next(items)
+    assert isinstance(first, Found) and first.origin.endswith(new[0])
+    # While we read: one new/ file is deleted, another moved to cur/ by an IMAP client.
+    os.unlink(box / "new" / new[1])
+    moved = new[2].split(":")[0] + ":2,RS"
+    os.rename(box / "new" / new[2], box / "cur" / moved)
+    rest = list(items)
+    skipped = [i for i in rest if isinstance(i, Skipped)]
+    found = [Path(i.origin).name for i in rest if isinstance(i, Found)]
+    assert [Path(s.origin).name for s in skipped] == [new[1]]
+    assert "vanished" in skipped[0].reason
+    assert len(found) == 4 and found.count(moved) == 1  # read once, from cur/
+
+
+def test_stat_shows_learned_counts_and_whether_bayes_is_active(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    cfg = config(tmp_path, redis_server)
+    learn(cfg, "spam", "-", stdin=msg(1))
+    out = CliRunner().invoke(main, ["stat", "-c", cfg])
+    assert "bayes (global): learned 1 spam, 0 ham" in out.output
+    assert "inactive: learning 1/2 spam, 0/2 ham" in out.output
+    for n in (2, 3, 4):
+        learn(cfg, "ham" if n > 2 else "spam", "-", stdin=msg(n, "ham" if n > 2 else "spam"))
+    out = CliRunner().invoke(main, ["stat", "-c", cfg, "--json"])
+    data = json.loads(out.output)
+    got = (data["bayes_learned_spam"], data["bayes_learned_ham"], data["bayes_active"])
+    assert got == (2, 2, 1)
