@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from milters.spam.checks import (
     auth_results,
+    bayes,
     content,
     dnsbl,
     gtube,
@@ -63,6 +64,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     content.CHECK,
     regex_rules.CHECK,
     dnsbl.CHECK,
+    bayes.CHECK,
 )
 """Every check, in the order they run (local first; network ones after)."""
 

@@ -1,0 +1,55 @@
+"""Bayes: what the learned statistics say about this message (postwarden/bayes).
+
+Tokens are read from `view.mime` (the same stdlib compat32 parse `postwarden
+learn` makes of a stored message), all token counts in one Redis call.
+BAYES_SPAM / BAYES_HAM carry the confidence as their weight (score x weight,
+as Rspamd scales its Bayes symbols); until `min_learns` spam AND ham are
+learned the check says BAYES_INACTIVE with the training progress instead
+(NethServer's rule). With `per_user`, mail for a single recipient is judged
+by that recipient's statistics, anything else by the global set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from milters.context import ServiceContext
+from milters.spam.checks.api import Check, CheckContext, CheckSpec, SymbolDef, SymbolHit
+from milters.spam.view import MessageView
+from postwarden.bayes.classifier import classify
+from postwarden.bayes.store import BayesStore, scope_for
+from postwarden.config.sections.spam import SpamMilterSettings
+
+SYMBOLS = {
+    "BAYES_SPAM": SymbolDef(5.0, "Bayes: spam (score x confidence)"),
+    "BAYES_HAM": SymbolDef(-3.0, "Bayes: ham (score x confidence)"),
+    "BAYES_INACTIVE": SymbolDef(0.0, "Bayes has not learned min_learns spam and ham yet"),
+}
+
+
+def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
+    b = settings.bayes
+    if not b.enabled:
+        return None
+
+    def bayes(view: MessageView, cctx: CheckContext) -> Iterator[SymbolHit]:
+        """Robinson/Fisher chi-square over the message's tokens (postwarden/bayes)."""
+        rcpts = view.env.recipients
+        scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
+        r = classify(BayesStore(cctx.message.store, b), b, view.mime, scope)
+        if not r.active or r.probability is None:
+            need = b.min_learns
+            progress = (f"spam {min(r.spam_learns, need)}/{need}",
+                        f"ham {min(r.ham_learns, need)}/{need}")  # fmt: skip
+            yield SymbolHit("BAYES_INACTIVE", progress)
+            return
+        pct = f"{r.probability * 100:.1f}%"
+        if (w := r.spam_confidence(b)) > 0:
+            yield SymbolHit("BAYES_SPAM", (pct,), weight=w)
+        elif (w := r.ham_confidence(b)) > 0:
+            yield SymbolHit("BAYES_HAM", (pct,), weight=w)
+
+    return bayes
+
+
+CHECK = CheckSpec(name="bayes", build=build, symbols=SYMBOLS, network=True)

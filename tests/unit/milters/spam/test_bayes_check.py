@@ -1,0 +1,49 @@
+"""The Bayes check inside the spam engine, on statistics `postwarden learn` wrote."""
+
+from __future__ import annotations
+
+from postwarden.bayes import learning
+from postwarden.bayes.sources import Found
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
+from postwarden.config.sections.bayes import BayesSettings
+from postwarden.store.client import Store
+from tests.unit.milters.spam.engine_setup import engine, message, names, scan
+
+
+def _train(store: Store, spam: int, ham: int) -> None:
+    bs = BayesStore(store, BayesSettings())
+    spams = [message(f"cheap pills casino prize winner offer {n}\r\n", subject=f"WIN {n}",
+                     headers={"Message-ID": f"<s{n}@x>"}) for n in range(spam)]  # fmt: skip
+    hams = [message(f"minutes of the compiler meeting item {n}\r\n", subject=f"notes {n}",
+                    headers={"Message-ID": f"<h{n}@x>"}) for n in range(ham)]  # fmt: skip
+    learning.learn(bs, GLOBAL_SCOPE, "spam", [Found(str(n), r) for n, r in enumerate(spams)])
+    learning.learn(bs, GLOBAL_SCOPE, "ham", [Found(str(n), r) for n, r in enumerate(hams)])
+
+
+def test_bayes_is_inactive_until_min_learns_and_says_how_far(store: Store) -> None:
+    _train(store, 3, 3)
+    eng, service = engine({"bayes": {"min_learns": 4}}, store=store)
+    v = scan(eng, service, message("cheap pills casino prize\r\n"))
+    sym = {s.name: s for s in v.symbols}
+    assert "BAYES_INACTIVE" in sym and sym["BAYES_INACTIVE"].score == 0
+    assert "spam 3/4" in str(sym["BAYES_INACTIVE"].options)
+
+
+def test_bayes_spam_and_ham_scores_scale_with_confidence(store: Store) -> None:
+    _train(store, 5, 5)
+    eng, service = engine({"bayes": {"min_learns": 5}}, store=store)
+    spammy = message("cheap pills casino prize winner offer\r\n", subject="WIN",
+                     headers={"Message-ID": "<new1@x>"})  # fmt: skip
+    hammy = message("minutes of the compiler meeting\r\n", subject="notes",
+                    headers={"Message-ID": "<new2@x>"})  # fmt: skip
+    spam = scan(eng, service, spammy)
+    ham = scan(eng, service, hammy)
+    s = {x.name: x for x in spam.symbols}["BAYES_SPAM"]
+    h = {x.name: x for x in ham.symbols}["BAYES_HAM"]
+    assert 4.0 < s.score <= 5.0 and -3.0 <= h.score < -2.0
+    assert "BAYES_HAM" not in names(spam) and "BAYES_SPAM" not in names(ham)
+
+
+def test_bayes_off_adds_no_symbol(store: Store) -> None:
+    eng, service = engine({"bayes": {"enabled": False}}, store=store)
+    assert not {n for n in names(scan(eng, service, message())) if n.startswith("BAYES")}
