@@ -32,10 +32,10 @@ class BayesSettings:
     min_learns: int = setting(200, min=1, doc="spam AND ham messages learned before use")
     method: CombineMethod = setting(CombineMethod.CHI2)
     spam_probability: float = setting(
-        0.9, min=0.5, max=1.0, doc="BAYES_SPAM at or above this probability"
+        0.5, min=0.5, max=1.0, doc="BAYES_SPAM at or above this probability"
     )
     ham_probability: float = setting(
-        0.1, min=0.0, max=0.5, doc="BAYES_HAM at or below this probability"
+        0.5, min=0.0, max=0.5, doc="BAYES_HAM at or below this probability"
     )
     per_user: bool = setting(False, doc="one statistics set per mailbox user")
     token_ttl: Duration = setting(Duration(180 * 86400.0), min=86400, doc="after last learn")
