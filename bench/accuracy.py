@@ -35,7 +35,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -52,6 +51,7 @@ from postwarden.config.schema import RedisSettings
 from postwarden.config.sections.bayes import BayesSettings
 from postwarden.store.client import open_store
 from postwarden.store.embedded import EmbeddedRedis
+from tests.fixtures.corpus import unpack as unpack_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
@@ -80,8 +80,7 @@ class Split:
 def unpack(work: Path) -> Split:
     if not CORPUS.is_file():
         sys.exit(f"accuracy: corpus not found: {CORPUS}")
-    with tarfile.open(CORPUS) as tar:
-        tar.extractall(work / "corpus", filter="data")
+    unpack_corpus(work / "corpus")
     msgs = []
     for cls in ("ham", "spam"):
         for p in sorted((work / "corpus" / "train" / cls).iterdir()):

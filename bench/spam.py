@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -57,13 +56,11 @@ from milters.message import Envelope
 from postwarden.cli.scan import enabled_stages
 from postwarden.clock import ManualClock
 from postwarden.config.load import load_config_text
+from tests.fixtures.corpus import unpack as unpack_corpus
 from tests.fixtures.dnsserver import DnsServer
 from tests.harness.postfix import PostfixOptions
 from tests.harness.services import ServiceProcess, start_service, write_config
 
-CORPUS = (
-    Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
-)
 CORPUS_TIME = 1_038_700_800.0  # 2002-12-01T00:00:00Z
 TEST_PERCENT = 30  # blake2b-64(file name) mod 100 < 30: the test set (as bench/accuracy.py)
 ONLY_SPAM = {"milters": {n: {"enabled": n == "spam"} for n in ("headers", "attachments", "dkim",
@@ -72,10 +69,8 @@ ONLY_SPAM = {"milters": {n: {"enabled": n == "spam"} for n in ("headers", "attac
 
 def corpus(tmp: Path) -> list[tuple[str, str, bytes]]:
     """(name in the tarball, "spam"|"ham", raw bytes) for every message."""
-    with tarfile.open(CORPUS) as tar:
-        tar.extractall(tmp, filter="data")
     out = []
-    for f in sorted(tmp.rglob("*.eml")):
+    for f in unpack_corpus(tmp):
         name = str(f.relative_to(tmp))
         out.append((name, "spam" if "/spam/" in f"/{name}" else "ham", f.read_bytes()))
     if len(out) != 3250:
