@@ -43,7 +43,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -70,6 +69,7 @@ from postwarden.config.schema import RedisSettings
 from postwarden.config.sections.bayes import BayesSettings
 from postwarden.store.client import open_store
 from postwarden.store.embedded import EmbeddedRedis
+from tests.fixtures.corpus import unpack as unpack_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
@@ -96,24 +96,10 @@ class Split:
     root: Path  # train/{spam,ham} as directories of links, for the learn commands
 
 
-def extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """extractall with the "data" filter where Python has it (3.11.4+); on older
-    Pythons (Debian 12's 3.11.2) only plain files and directories inside dest."""
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(dest, filter="data")
-        return
-    members = tar.getmembers()
-    for m in members:
-        if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in m.name.split("/"):
-            sys.exit(f"accuracy: unexpected member in {CORPUS}: {m.name}")
-    tar.extractall(dest, members)
-
-
 def unpack(work: Path) -> Split:
     if not CORPUS.is_file():
         sys.exit(f"accuracy: corpus not found: {CORPUS}")
-    with tarfile.open(CORPUS) as tar:
-        extract(tar, work / "corpus")
+    unpack_corpus(work / "corpus")
     msgs = []
     for cls in ("ham", "spam"):
         for p in sorted((work / "corpus" / "train" / cls).iterdir()):

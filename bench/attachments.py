@@ -32,7 +32,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -47,12 +46,11 @@ from milters.pipeline import Runner
 from postwarden.cli.scan import enabled_stages
 from postwarden.config.load import load_config_text
 from tests.fixtures.attachments import Attachment, docx, mime_message, zip_of
+from tests.fixtures.corpus import unpack as unpack_corpus
 from tests.harness.clamd import ClamdInstance
 from tests.harness.postfix import PostfixInstance, PostfixOptions
 from tests.harness.services import ServiceProcess, start_service, write_config
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-CORPUS_FILE = CORPUS / "spamassassin-public-2002.tar.gz"
 CONFIGS = ("none", "milter", "milter_clamd")
 HEADER = "X-Postwarden-Attachments"
 ONLY_ATTACHMENTS = """
@@ -66,9 +64,7 @@ milters:
 
 # -- part 1: the corpus through the pipeline -----------------------------------
 def corpus_scan(work: Path, listing: bool) -> dict[str, Any]:
-    with tarfile.open(CORPUS_FILE) as tf:
-        tf.extractall(work / "corpus", filter="data")
-    files = sorted((work / "corpus").rglob("*.eml"))
+    files = unpack_corpus(work / "corpus")
     raws = [f.read_bytes() for f in files]
     settings = load_config_text(ONLY_ATTACHMENTS)
     service = ServiceContext(settings)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -176,6 +177,8 @@ class PolicyServer:
         conn = _Connection(tag, task, loop.time())
         try:
             with logs.context(connection=tag):
+                if not self._allowed(writer):
+                    return
                 if await self._admit(conn):
                     await self._serve_connection(conn, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -191,6 +194,31 @@ class PolicyServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _allowed(self, writer: asyncio.StreamWriter) -> bool:
+        """An inet listener serves only `allowed_clients` (default loopback):
+        the policy protocol has no authentication, and any process that can
+        reach the port could otherwise spend another user's rate-limit quota
+        or pre-pass a greylist triplet. Unix sockets are guarded by their mode."""
+        p = self.settings.policyd
+        if p.socket.kind != "inet":
+            return True
+        peer = writer.get_extra_info("peername")
+        try:
+            addr = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else peer)
+        except (TypeError, ValueError, IndexError):
+            addr = None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if addr is not None and any(addr in net for net in p.allowed_clients):
+            return True
+        metrics.POLICY_ERRORS.labels("not_allowed").inc()
+        self._client_errors.warning(
+            "not_allowed",
+            "policyd: connection from %s refused (not in policyd.allowed_clients)",
+            addr if addr is not None else peer,
+        )
+        return False
 
     async def _admit(self, conn: _Connection) -> bool:
         """Take a slot, closing an idle or stalled connection when full."""

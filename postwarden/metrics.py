@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client import multiprocess as _multiprocess
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from postwarden.errors import StartupError
@@ -122,6 +122,33 @@ class RestartsCollector:
         for service, count in sorted(self._counts().items()):
             family.add_metric([service], count)
         yield family
+
+
+class BayesCollector:
+    """`postwarden_bayes_learned{class}` and `postwarden_bayes_active`: the
+    global Bayes statistics, read from Redis at scrape time (learning happens
+    in `postwarden learn`, not in a service that could count it). A scrape
+    while Redis is away yields nothing rather than failing the endpoint."""
+
+    def __init__(self, read: Callable[[], tuple[int, int, bool]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            spam, ham, active = self._read()
+        except Exception:
+            return
+        learned = GaugeMetricFamily(
+            "postwarden_bayes_learned", "Messages Bayes has learned, by class", labels=["class"]
+        )
+        learned.add_metric(["spam"], spam)
+        learned.add_metric(["ham"], ham)
+        yield learned
+        yield GaugeMetricFamily(
+            "postwarden_bayes_active",
+            "1 when Bayes has learned min_learns spam and ham and scores mail",
+            value=int(active),
+        )
 
 
 def serve(listen: str, collectors: Sequence[Collector] = ()) -> None:

@@ -105,6 +105,7 @@ class Supervisor:
     _redis_backoff: float = BACKOFF_START
     _redis_restart_at: float = 0.0
     _redis_started: float = 0.0
+    _metrics_store: Any = None  # opened at the first /metrics scrape
     _stop: bool = False
     _reload: bool = False
 
@@ -157,7 +158,13 @@ class Supervisor:
             shutil.rmtree(mdir, ignore_errors=True)
             privileges.own_dir(mdir, privileges.effective(s.privileges), 0o755)
             os.environ[metrics.MULTIPROC_ENV] = mdir
-            metrics.serve(s.metrics.listen, [metrics.RestartsCollector(self.restart_counts)])
+            metrics.serve(
+                s.metrics.listen,
+                [
+                    metrics.RestartsCollector(self.restart_counts),
+                    metrics.BayesCollector(self.bayes_state),
+                ],
+            )
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -191,6 +198,18 @@ class Supervisor:
         self._reload = True
 
     # -- the embedded Redis ---------------------------------------------------
+    def bayes_state(self) -> tuple[int, int, bool]:
+        """(spam, ham, active) of the global Bayes statistics, for /metrics."""
+        from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
+        from postwarden.store.client import open_configured_store
+
+        if self._metrics_store is None:
+            self._metrics_store = open_configured_store(self.settings)
+        b = self.settings.milters.spam.bayes
+        state = BayesStore(self._metrics_store, b).state(GLOBAL_SCOPE)
+        active = b.enabled and state.spam >= b.min_learns and state.ham >= b.min_learns
+        return state.spam, state.ham, active
+
     def _start_embedded_redis(self) -> None:
         sock = socket_path(self.state_dir)
         # We hold the state_dir lock, so a Redis answering here is an orphan of

@@ -19,7 +19,11 @@ from postwarden.config.sections.common import CheckSettings, OnError
 from postwarden.config.sections.greylist import GreylistSettings
 from postwarden.config.sections.ratelimit import RatelimitSettings, SenderLoginSettings
 from postwarden.config.sections.spf import SpfSettings
-from postwarden.config.units import Duration, SocketAddress
+from postwarden.config.units import Duration, Network, SocketAddress, parse_network
+
+# The policy protocol has no authentication: an inet listener answers only
+# these clients unless the admin lists others (Postfix's own hosts).
+LOOPBACK: tuple[Network, ...] = (parse_network("127.0.0.0/8"), parse_network("::1/128"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class PolicydSettings:
         Duration(20.0), min=0.1, doc="below smtpd_policy_service_timeout"
     )
     max_connections: int = setting(256, min=1, max=100000)
+    allowed_clients: tuple[Network, ...] = setting(
+        LOOPBACK, doc="inet socket only: client networks that may connect"
+    )
     access: AccessSettings = setting(factory=AccessSettings)
     sender_login: SenderLoginSettings = setting(factory=SenderLoginSettings)
     ratelimit: RatelimitSettings = setting(factory=RatelimitSettings)

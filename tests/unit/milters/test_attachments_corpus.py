@@ -7,23 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import pytest
 import yaml
 
-CORPUS = Path("/work/shared/corpus/spamassassin-public-2002.tar.gz")
+from tests.fixtures import corpus
+
 REPO = Path(__file__).resolve().parents[3]
-
-
-def unpack_corpus(target: Path) -> list[Path]:
-    """The corpus's .eml files, unpacked under `target` (never committed)."""
-    if not CORPUS.exists():
-        pytest.fail(f"the shared corpus is missing: {CORPUS}")
-    with tarfile.open(CORPUS) as tf:
-        tf.extractall(target, filter="data")
-    return sorted(target.rglob("*.eml"))
+unpack_corpus = corpus.unpack
 
 
 def attachments_only_config(path: Path) -> Path:

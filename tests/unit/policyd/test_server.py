@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -338,3 +339,47 @@ def test_when_full_of_stalled_requests_the_oldest_stalled_makes_room(tmp_path: P
                 w.close()
 
     run(go)
+
+
+async def _ask_over_inet(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(req(recipient="reject@example.net"))
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(1000), 10)
+    except ConnectionResetError:  # closed with our request unread
+        return b""
+    finally:
+        writer.close()
+
+
+def _ask_inet_server(tmp: Path, **policyd: Any) -> bytes:
+    """One request to a policyd listening on inet:127.0.0.1:PORT."""
+    from tests.harness.ports import free_port
+
+    port = free_port()
+    s = settings_for(tmp, **policyd)
+    inet = SocketAddress.parse(f"inet:127.0.0.1:{port}")
+    s = replace(s, policyd=replace(s.policyd, socket=inet))
+    answer: list[bytes] = []
+
+    async def go() -> None:
+        server = PolicyServer(s, [CHECK], CheckContext(settings=s, store=None, clock=ManualClock()))
+        await server.start()
+        try:
+            answer.append(await _ask_over_inet(port))
+        finally:
+            await server.stop()
+
+    run(go)
+    return answer[0]
+
+
+def test_inet_listener_answers_loopback_clients_by_default(tmp_path: Path) -> None:
+    assert _ask_inet_server(tmp_path).startswith(b"action=550 5.7.1 no thanks")
+
+
+@pytest.mark.expect_log("WARNING", "not in policyd.allowed_clients")
+def test_inet_listener_closes_clients_outside_allowed_clients(tmp_path: Path) -> None:
+    only = (ipaddress.ip_network("192.0.2.0/24"),)
+    assert _ask_inet_server(tmp_path, allowed_clients=only) == b""  # closed, no answer

@@ -172,3 +172,24 @@ def test_per_user_scopes_keep_users_apart(store: Store) -> None:
     bs = BayesStore(store, s)
     learning.learn(bs, alice, "spam", [Found("m", spam(1))])
     assert bs.state(alice).spam == 1 and bs.state(bob).spam == 0
+
+
+def test_bayes_metrics_are_read_at_scrape_time_and_skip_a_missing_redis() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from postwarden.errors import StoreUnavailable
+    from postwarden.metrics import BayesCollector
+
+    registry = CollectorRegistry()
+    registry.register(BayesCollector(lambda: (250, 180, False)))
+    text = generate_latest(registry).decode()
+    assert 'postwarden_bayes_learned{class="spam"} 250.0' in text
+    assert 'postwarden_bayes_learned{class="ham"} 180.0' in text
+    assert "postwarden_bayes_active 0.0" in text
+
+    def down() -> tuple[int, int, bool]:
+        raise StoreUnavailable("redis down")
+
+    quiet = CollectorRegistry()
+    quiet.register(BayesCollector(down))
+    assert "postwarden_bayes" not in generate_latest(quiet).decode()

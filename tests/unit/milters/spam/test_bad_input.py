@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from milters.message import Action
+from tests.fixtures import corpus
 from tests.unit.milters.spam.engine_setup import engine, message, names, scan
 
 HTML = b"Content-Type: text/html\r\nSubject: h\r\n\r\n"
-CORPUS = (
-    Path(__file__).resolve().parents[5] / "shared" / "corpus" / "spamassassin-public-2002.tar.gz"
-)
 
 
 @pytest.mark.parametrize(
@@ -72,11 +69,7 @@ def test_ten_thousand_urls_are_scanned_with_a_bounded_list() -> None:
 
 def test_every_corpus_message_gets_a_verdict_without_errors(tmp_path: Path) -> None:
     # Given the 3,250 messages of the shared corpus, unpacked for this test
-    if not CORPUS.exists():
-        pytest.fail(f"corpus missing: {CORPUS}")
-    with tarfile.open(CORPUS) as tar:
-        tar.extractall(tmp_path, filter="data")
-    files = sorted(tmp_path.rglob("*.eml"))
+    files = corpus.unpack(tmp_path)
     assert len(files) == 3250
     eng, svc = engine()
     actions: dict[str, int] = {}
