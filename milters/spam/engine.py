@@ -35,6 +35,11 @@ from postwarden.config.sections.spam import Oversize, SpamMilterSettings
 from postwarden.config.units import Network
 from postwarden.errors import StoreUnavailable
 
+# Symbols that reject whatever the thresholds say (Rspamd's force_action): the
+# GTUBE test string, so an admin can test the whole path with tag-only
+# thresholds, and an admin's explicit block_from entry (NethServer's Block From).
+FORCE_REJECT = frozenset({"GTUBE", "BLOCK_FROM"})
+
 log = logging.getLogger("postwarden.milter.spam")
 
 # Symbols the engine itself emits.
@@ -136,6 +141,9 @@ class SpamEngine:
         score = round(sum(sym.score for sym in symbols), 2)
         decision = self.profiles.decide(env.recipients, score, outbound)
         action = decision.action
+        names = {sym.name for sym in symbols}
+        if names & FORCE_REJECT and "ALLOW_TO" not in names:  # allowed recipients keep theirs
+            action = Action.REJECT
         reply = None
         if action is Action.GREYLIST:
             try:
