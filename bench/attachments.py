@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, summarize
+from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, run_rounds, summarize
 from milters import pipeline
 from milters.context import ServiceContext
 from milters.message import Envelope, Message
@@ -260,16 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"corpus: {scan['messages']} messages, scan {scan['scan_rate']} msgs/s,"
             f" parse only {scan['parse_rate']} msgs/s, {len(scan['errors'])} errors"
         )
-        for round_no in range(1, args.rounds + 1):
-            shift = (round_no - 1) % len(CONFIGS)
-            for config in CONFIGS[shift:] + CONFIGS[:shift]:
-                result = bench.run_one(config, round_no)
-                results.append(result)
-                _log(
-                    f"round {round_no} {config:<13} {result.rate:8.1f} msgs/s"
-                    f" ({result.delivered}/{result.messages} in {result.seconds:.2f}s)"
-                    + (f" ERROR {result.error}" if result.error else "")
-                )
+        results.extend(run_rounds(bench, CONFIGS, args.rounds))
     summary = summarize(results, CONFIGS)
     params = {"message_bytes": args.size, "corpus_scan": scan}
     status = report("attachments", argv, args, params, started, summary, results)

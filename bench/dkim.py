@@ -35,7 +35,7 @@ from pathlib import Path
 
 import dkim
 
-from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, summarize
+from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, run_rounds, summarize
 from milters.dkim.crypto import Signer
 from milters.dkim.sign import SignRequest, sign
 from postwarden.config.sections.dkim import DEFAULT_OVERSIGN_HEADERS, DEFAULT_SIGN_HEADERS
@@ -174,27 +174,18 @@ class DkimBench(Bench):
                 self._odk = None
 
 
-def run_rounds(
+def run_signed_rounds(
     bench: DkimBench,
     args: argparse.Namespace,
     signing_key: PrivateKey,
     sender_key: PrivateKey,
     results: list[RunResult],
 ) -> None:
+    """The key in place and a message signed by the remote sender, then the rounds."""
     write_private_key(bench.key_file, signing_key)
     args.message_file = bench.work / "message.eml"
     args.message_file.write_bytes(bench_message(args.size, Signer(sender_key)))
-    for round_no in range(1, args.rounds + 1):
-        # Rotate the order: the first run of a round is not always the same one.
-        shift = (round_no - 1) % len(CONFIGS)
-        for config in CONFIGS[shift:] + CONFIGS[:shift]:
-            result = bench.run_one(config, round_no)
-            results.append(result)
-            _log(
-                f"round {round_no} {config:<10} {result.rate:8.1f} msgs/s"
-                f" ({result.delivered}/{result.messages} in {result.seconds:.2f}s)"
-                + (f" ERROR {result.error}" if result.error else "")
-            )
+    results.extend(run_rounds(bench, CONFIGS, args.rounds))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[RunResult] = []
     started = time.monotonic()
     with DnsServer(zone, ttl=3600) as dns, DkimBench(args, dns) as bench:
-        run_rounds(bench, args, signing_key, sender_key, results)
+        run_signed_rounds(bench, args, signing_key, sender_key, results)
         cpu = bench.cpu_ms
     summary = summarize(results, CONFIGS)
     for config, values in cpu.items():

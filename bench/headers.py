@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, summarize
+from bench.throughput import SMTP_SOURCE, Bench, RunResult, report, run_rounds, summarize
 from tests.harness.postfix import PostfixOptions
 from tests.harness.services import ServiceProcess, start_service, write_config
 
@@ -98,21 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         ap.error("Postfix instances need root")
-    results: list[RunResult] = []
     started = time.monotonic()
     with HeadersBench(args) as bench:
-        for round_no in range(1, args.rounds + 1):
-            # Rotate the order each round: the first run of a round is not
-            # always the same configuration (measured: position matters).
-            shift = (round_no - 1) % len(CONFIGS)
-            for config in CONFIGS[shift:] + CONFIGS[:shift]:
-                result = bench.run_one(config, round_no)
-                results.append(result)
-                _log(
-                    f"round {round_no} {config:<8} {result.rate:8.1f} msgs/s"
-                    f" ({result.delivered}/{result.messages} in {result.seconds:.2f}s)"
-                    + (f" ERROR {result.error}" if result.error else "")
-                )
+        results = run_rounds(bench, CONFIGS, args.rounds)
     summary = summarize(results, CONFIGS)
     return report("headers", argv, args, {"rules": str(args.rules)}, started, summary, results)
 

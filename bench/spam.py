@@ -64,7 +64,7 @@ from typing import Any
 import yaml
 
 from bench.rspamd_instance import RspamdInstance, rspamd_version
-from bench.throughput import SMTP_SOURCE, Bench, RunResult, _log, report, summarize
+from bench.throughput import SMTP_SOURCE, Bench, RunResult, report, run_rounds, summarize
 from milters import pipeline
 from milters.context import ServiceContext
 from milters.message import Envelope
@@ -355,17 +355,9 @@ class SpamBench(Bench):
 
 def part_postfix(args: argparse.Namespace) -> int:
     configs = ("none", "spam", "rspamd") if args.rspamd else ("none", "spam")
-    results: list[RunResult] = []
     started = time.monotonic()
     with DnsServer({}) as dns, SpamBench(args, dns.nameserver) as bench:
-        for round_no in range(1, args.rounds + 1):
-            order = configs if round_no % 2 else configs[::-1]  # interleaved
-            for config in order:
-                result = bench.run_one(config, round_no)
-                results.append(result)
-                _log(f"round {round_no} {config:<6} {result.rate:8.1f} msgs/s"
-                     f" ({result.delivered}/{result.messages} in {result.seconds:.2f}s)"
-                     + (f" ERROR {result.error}" if result.error else ""))  # fmt: skip
+        results = run_rounds(bench, configs, args.rounds)
     summary = summarize(results, configs)
     params: dict[str, object] = {"part": "postfix"}
     if args.rspamd:
