@@ -340,8 +340,10 @@ def milter_service(redis: EmbeddedRedis, prefix: str) -> ServiceContext:
         {"state_dir": "/nonexistent", "trusted_networks": [], **ONLY_SPAM}
     )
     doc["redis"] = {"url": f"unix://{redis.socket}", "prefix": prefix}
+    # Judged at the shipped add_header (6) and the reject threshold the shipped
+    # config suggests turning on (15; shipped off: day one only tags).
     doc["milters"]["spam"].update({"dnsbl": {"enabled": False},
-                                   "thresholds": {"greylist": None}})  # fmt: skip
+                                   "thresholds": {"greylist": None, "reject": 15.0}})  # fmt: skip
     return ServiceContext(load_config_text(yaml.safe_dump(doc)), clock=ManualClock(CORPUS_TIME))
 
 
