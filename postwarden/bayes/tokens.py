@@ -42,7 +42,11 @@ MAX_TOKENS = 6000
 
 _WORD = re.compile(r"[^\W_](?:[\w'’.-]*[^\W_])?")
 _URL = re.compile(r"(?i)\b(?:https?|ftp)://([^\s/\"'<>?#:]{1,253})")
-_TAG = re.compile(r"(?s)<(?:!--.*?--|script.*?</script|style.*?</style|[^>]*)>", re.I)
+# Linear-time HTML stripping: a tag never spans another '<', and comments and
+# script/style elements are cut by one left-to-right pass of str.find (a
+# backtracking pattern was quadratic: 100,000 lone '<' took 24 s).
+_TAG = re.compile(r"<[^<>]*>")
+_HIDDEN = re.compile(r"(?i)<(!--|script|style)")
 _HREF = re.compile(r"(?i)\bhref\s*=\s*[\"']?((?:https?|ftp)://[^\s\"'<>]+)")
 _ADDR_DOMAIN = re.compile(r"@([A-Za-z0-9.-]+)")
 _MBOX_FROM = b"From "
@@ -218,10 +222,40 @@ def _header_tokens(msg: email.message.Message) -> Iterator[str]:
             yield f"h:ext:{ext}"
 
 
+def _drop_hidden(text: str) -> str:
+    """Without comments and script/style elements. An unclosed one is left
+    to the tag pass; a closer once missing is not searched for again, so the
+    work stays linear however many openers there are."""
+    low = text.lower()
+    out: list[str] = []
+    pos = 0
+    missing: set[str] = set()
+    for m in _HIDDEN.finditer(text):
+        if m.start() < pos:
+            continue
+        kind = m.group(1).lower()
+        closer = "-->" if kind == "!--" else f"</{kind}"
+        if closer in missing:
+            continue
+        end = low.find(closer, m.end())
+        if end < 0:
+            missing.add(closer)
+            continue
+        end += len(closer)
+        if kind != "!--":
+            gt = low.find(">", end)
+            end = gt + 1 if gt >= 0 else len(text)
+        out.append(text[pos : m.start()])
+        out.append(" ")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def _html_text(text: str) -> tuple[str, list[str]]:
     """Visible text of HTML and the URLs of its links."""
     hrefs = _HREF.findall(text)
-    return html.unescape(_TAG.sub(" ", text)), hrefs
+    return html.unescape(_TAG.sub(" ", _drop_hidden(text))), hrefs
 
 
 def tokenize(raw: bytes, options: TokenizerOptions | None = None) -> set[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from postwarden.bayes import learning
 from postwarden.bayes.classifier import classify, message_digest, token_ids
 from postwarden.bayes.combine import CombineParams, chi2q, combine
@@ -193,3 +195,30 @@ def test_bayes_metrics_are_read_at_scrape_time_and_skip_a_missing_redis() -> Non
     quiet = CollectorRegistry()
     quiet.register(BayesCollector(down))
     assert "postwarden_bayes" not in generate_latest(quiet).decode()
+
+
+def test_html_text_drops_comments_scripts_and_styles_and_keeps_link_targets() -> None:
+    from postwarden.bayes.tokens import _html_text
+
+    text, hrefs = _html_text(
+        "<p>Cheap <b>pills</b><!-- hidden words --><script>var tracker=1;</script>"
+        '<style>.x{color:red}</style> now <a href="http://shop.example/buy">here</a>'
+    )
+    assert text.split() == ["Cheap", "pills", "now", "here"]
+    assert hrefs == ["http://shop.example/buy"]
+
+
+@pytest.mark.parametrize(
+    ("piece", "kept"),
+    [("<", True), ("<!--", True), ("<script>", False), ("<a href='http://x.example/'>", False)],
+)
+def test_html_text_of_hostile_markup_is_read_as_a_browser_would(piece: str, kept: bool) -> None:
+    # 400,000 characters of openers that never close (quadratic for a
+    # backtracking pattern): a '<' that starts no tag stays as text, complete
+    # tags (an unclosed <script> or <a>) are dropped.
+    from postwarden.bayes.tokens import _html_text
+
+    n = 400_000 // len(piece)
+    text, _ = _html_text(piece * n)
+    assert text.count(piece) == (n if kept else 0)
+    assert kept or not text.strip()
