@@ -22,15 +22,14 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import html
 import quopri
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from enum import StrEnum
-from html.parser import HTMLParser
-from typing import ClassVar
+
+from milters.html_text import html_to_text
 
 
 class LineClass(StrEnum):
@@ -215,55 +214,9 @@ def decoded_header(name: str, raw_value: str) -> str:
     return f"{name}: {decode_words(unfold(value))}"
 
 
-class _TextOf(HTMLParser):
-    """HTML to text: tags dropped, script/style skipped, blocks become newlines."""
-
-    _BLOCK: ClassVar[set[str]] = {
-        "p",
-        "div",
-        "br",
-        "li",
-        "tr",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "td",
-        "table",
-    }
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-        elif tag in self._BLOCK:
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
-            self._skip -= 1
-        elif tag in self._BLOCK:
-            self.out.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.out.append(data)
-
-
 def html_text(markup: str) -> str:
-    parser = _TextOf()
-    try:
-        parser.feed(markup)
-        parser.close()
-    except Exception:  # html.parser is lenient; a failure here must not cost the verdict
-        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
-    return "".join(parser.out)
+    """Visible text of an HTML part (linear time; see milters/html_text.py)."""
+    return html_to_text(markup)
 
 
 def decoded_body_lines(parsed: EmailMessage, part_limit: int) -> Iterator[tuple[str, str]]:

@@ -219,6 +219,19 @@ def test_body_rule_sees_base64_and_html_text(tmp_path: Path) -> None:
     assert e.evaluate(msg(f"Subject: s\n{html}"), ENV, ctx()).action is Action.DISCARD
 
 
+def test_decoded_html_skips_comments_and_scripts_and_survives_unclosed_ones(
+    tmp_path: Path,
+) -> None:
+    e, _ = engine(tmp_path, body="/big casino/ DISCARD\n")
+    hidden = "Content-Type: text/html\n\n<p>big<!-- x --> <script>y</script>casino</p>\n"
+    assert e.evaluate(msg(f"Subject: s\n{hidden}"), ENV, ctx()).action is Action.DISCARD
+    # 200 KB of unclosed comments (quadratic for html.parser on Debian's
+    # Python) before the words: the part is read linearly; the unclosed
+    # comment hides what follows, as a browser would.
+    flood = "Content-Type: text/html\n\n" + "<!--" * 50_000 + "big casino\n"
+    assert e.evaluate(msg(f"Subject: s\n{flood}"), ENV, ctx()).action is Action.ACCEPT
+
+
 def test_raw_body_line_matches_without_decoding(tmp_path: Path) -> None:
     e, _ = engine(tmp_path, body="/^visit casino/ REJECT casino\n")
     v = e.evaluate(msg("Subject: s\n\nvisit casino now\n"), ENV, ctx())
