@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.message
 import hashlib
+import math
 from dataclasses import dataclass
 
 from postwarden.bayes.combine import CombineParams, combine
@@ -33,19 +34,42 @@ class BayesResult:
     tokens_used: int = 0
 
     def spam_confidence(self, settings: BayesSettings) -> float:
-        """0 below `spam_probability`; from there the distance from a neutral
-        0.5 towards certainty (0.9 -> 0.8, 0.999 -> 0.998): BAYES_SPAM's weight,
-        as Rspamd scales its Bayes symbols by probability."""
+        """BAYES_SPAM's weight: 0 below `spam_probability`, else `confidence`."""
         p = self.probability
-        if p is None or p < settings.spam_probability:
+        if p is None or p < settings.spam_probability or p <= 0.5:
             return 0.0
-        return min(1.0, max(0.0, (p - 0.5) * 2))
+        return confidence(p)
 
     def ham_confidence(self, settings: BayesSettings) -> float:
+        """BAYES_HAM's weight: 0 above `ham_probability`, else `confidence`."""
         p = self.probability
-        if p is None or p > settings.ham_probability:
+        if p is None or p > settings.ham_probability or p >= 0.5:
             return 0.0
-        return min(1.0, max(0.0, (0.5 - p) * 2))
+        return confidence(p)
+
+
+# How sure Bayes is, as the weight of BAYES_SPAM / BAYES_HAM (chosen by
+# `bench.accuracy --tune-milter`, 5-fold cross-validation on TRAIN only).
+UNSURE_BAND = 0.02  # |2p - 1| at which the steep half of the weight is full
+LOGIT_FULL = 20.0  # |ln(p / (1 - p))| at which the slow half is full
+
+
+def confidence(p: float, band: float = UNSURE_BAND, logit_full: float = LOGIT_FULL) -> float:
+    """Weight in [0, 1] of a Bayes probability `p`, the same on both sides of 0.5.
+
+    Half of it rises steeply (square root) across chi-square's "unsure"
+    band: Robinson's indicator puts spam it has mixed evidence about at
+    0.51-0.55, and on the training part almost no ham sits there, so a small
+    step away from 0.5 already means much. The other half follows the
+    log-odds up to LOGIT_FULL, so among confident verdicts the more
+    confident still ranks higher. A weight linear in p (the first choice)
+    left the unsure band worth a fraction of a point: the whole milter
+    caught 0.785 of held-out spam at ham FP <= 0.1 % against 0.924 now.
+    """
+    p = min(max(p, 1e-15), 1.0 - 1e-15)  # chi-square reaches 0 and 1 exactly
+    steep = min(1.0, math.sqrt(abs(2.0 * p - 1.0) / band))
+    slow = min(1.0, abs(math.log(p / (1.0 - p))) / logit_full)
+    return 0.5 * steep + 0.5 * slow
 
 
 def token_ids(msg: email.message.Message) -> list[str]:

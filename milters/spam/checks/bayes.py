@@ -23,8 +23,10 @@ from postwarden.config.sections.spam import SpamMilterSettings
 SYMBOLS = {
     # Chosen by 5-fold cross-validation of the whole milter on the accuracy
     # bench's TRAIN part (bench/accuracy.py --tune-milter; deploy/postwarden.yaml).
-    "BAYES_SPAM": SymbolDef(10.0, "Bayes: spam (score x confidence)"),
-    "BAYES_HAM": SymbolDef(-10.0, "Bayes: ham (score x confidence)"),
+    # 14 keeps Bayes alone below the suggested reject (15), as Rspamd and
+    # SpamAssassin keep theirs below their reject scores: a rule must agree.
+    "BAYES_SPAM": SymbolDef(14.0, "Bayes: spam (score x confidence)"),
+    "BAYES_HAM": SymbolDef(-21.0, "Bayes: ham (score x confidence)"),
     "BAYES_INACTIVE": SymbolDef(0.0, "Bayes has not learned min_learns spam and ham yet"),
 }
 

@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 
 from postwarden.bayes import learning
-from postwarden.bayes.classifier import classify, message_digest, token_ids
+from postwarden.bayes.classifier import (
+    UNSURE_BAND,
+    classify,
+    confidence,
+    message_digest,
+    token_ids,
+)
 from postwarden.bayes.combine import CombineParams, chi2q, combine
 from postwarden.bayes.sources import Found
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, scope_for
@@ -222,3 +228,19 @@ def test_html_text_of_hostile_markup_is_read_as_a_browser_would(piece: str, kept
     text, _ = _html_text(piece * n)
     assert text.count(piece) == (n if kept else 0)
     assert kept or not text.strip()
+
+
+def test_confidence_is_symmetric_and_grows_away_from_one_half() -> None:
+    assert confidence(0.5) == 0.0
+    ps = [0.5001, 0.505, 0.51, 0.6, 0.9, 0.999, 1 - 1e-6, 1 - 1e-9, 1.0]
+    ws = [confidence(p) for p in ps]
+    assert ws == sorted(ws) and len(set(ws)) == len(ws) - 1  # only 1-1e-9 and 1 both cap
+    assert ws[-1] == 1.0
+    for p, w in zip(ps, ws, strict=True):
+        assert confidence(1.0 - p) == pytest.approx(w)
+
+
+def test_confidence_is_already_half_at_the_edge_of_the_unsure_band() -> None:
+    # chi-square's "unsure" spam sits at 0.51-0.55: a step that small counts.
+    assert confidence(0.5 + UNSURE_BAND / 2) >= 0.5
+    assert confidence(0.5 + UNSURE_BAND / 8) > 0.25
