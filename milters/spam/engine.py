@@ -24,12 +24,13 @@ from dataclasses import dataclass, replace
 from milters.context import MessageContext, ServiceContext
 from milters.engine import Needs
 from milters.message import Action, Envelope, HeaderEdit, Message, Symbol, Verdict
-from milters.spam import actions
+from milters.spam import actions, autolearn
 from milters.spam.checks import CHECKS, Check, CheckContext, CheckSpec, SymbolDef, SymbolHit
 from milters.spam.lists import AddressList
 from milters.spam.profiles import ProfileMap, read_forwarding_map
 from milters.spam.view import MessageView
 from postwarden import replies
+from postwarden.bayes.store import BayesStore, scope_for
 from postwarden.budget import BudgetExceeded
 from postwarden.config.sections.spam import Oversize, SpamMilterSettings
 from postwarden.config.units import Network
@@ -52,6 +53,8 @@ ENGINE_SYMBOLS: dict[str, SymbolDef] = {
     "STORE_UNAVAILABLE": SymbolDef(0.0, "Redis unavailable: a check was skipped"),
     "CHECK_ERROR": SymbolDef(0.0, "a check failed (bug, logged): skipped"),
     "GREYLIST_PASSED": SymbolDef(0.0, "greylisting threshold reached, triplet passed"),
+    "BAYES_AUTOLEARN_SPAM": SymbolDef(0.0, "autolearn: Bayes learned this message as spam"),
+    "BAYES_AUTOLEARN_HAM": SymbolDef(0.0, "autolearn: Bayes learned this message as ham"),
 }
 
 
@@ -139,6 +142,8 @@ class SpamEngine:
                     hits.append(SymbolHit("CHECK_ERROR", (c.spec.name,)))
         symbols = self._merge(hits)
         score = round(sum(sym.score for sym in symbols), 2)
+        if scored and not outbound and not view.truncated:
+            symbols += self._autolearn(msg, view, env, ctx, symbols)
         decision = self.profiles.decide(env.recipients, score, outbound)
         action = decision.action
         names = {sym.name for sym in symbols}
@@ -180,6 +185,28 @@ class SpamEngine:
                 "tags": sorted(a.value for a in decision.tags),
             },
         )
+
+    def _autolearn(self, msg: Message, view: MessageView, env: Envelope, ctx: MessageContext,
+                   symbols: list[Symbol]) -> list[Symbol]:  # fmt: skip
+        """Teach Bayes a clear verdict (milters/spam/autolearn.py); the symbol
+        that says so, or a STORE_UNAVAILABLE one when Redis is away."""
+        b = self.s.bayes
+        cls = autolearn.decide(b.autolearn, symbols) if autolearn.enabled(self.s) else None
+        if cls is None:
+            return []
+        ctx.budget.check("spam autolearn")
+        rcpts = env.recipients
+        scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
+        raw = msg.header_bytes() + b"\r\n" + msg.body
+        try:
+            outcome = autolearn.teach(BayesStore(ctx.store, b), scope, raw, view.mime, cls)
+        except StoreUnavailable:
+            return [self.symbol(SymbolHit("STORE_UNAVAILABLE", ("autolearn",)))]
+        rules = autolearn.rules_score(symbols)
+        log.info("spam: autolearn %s: %s (score without Bayes %.2f)", cls, outcome, rules)
+        if outcome not in ("learned", "relearned"):
+            return []
+        return [self.symbol(SymbolHit(autolearn.SYMBOL[cls], (f"rules {rules:.2f}",)))]
 
     def _merge(self, hits: list[SymbolHit]) -> list[Symbol]:
         """One entry per symbol name (options merged, the strongest weight), by score."""

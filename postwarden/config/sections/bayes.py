@@ -27,6 +27,23 @@ class CombineMethod(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AutolearnSettings:
+    """Learn from the milter's own clearest verdicts (SpamAssassin's
+    bayes_auto_learn): the score WITHOUT the Bayes symbols decides, so Bayes
+    never teaches itself what it already believes. Off by default: a rule
+    that misfires would then train the filter wrongly at scale."""
+
+    enabled: bool = setting(False)
+    spam_score: float = setting(12.0, doc="rules' score at or above this: learn as spam")
+    ham_score: float = setting(-2.0, doc="rules' score at or below this: learn as ham")
+
+    def validate_node(self) -> list[str]:
+        if self.ham_score >= self.spam_score:
+            return ["ham_score must be below spam_score"]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
 class BayesSettings:
     enabled: bool = setting(True)
     min_learns: int = setting(200, min=1, doc="spam AND ham messages learned before use")
@@ -45,6 +62,9 @@ class BayesSettings:
     max_tokens: int = setting(3_000_000, min=1000, doc="cap: no new tokens past it")
     learned_ttl: Duration = setting(
         Duration(400 * 86400.0), min=86400, doc="how long a learned message is remembered"
+    )
+    autolearn: AutolearnSettings = setting(
+        factory=AutolearnSettings, doc="learn from very high and very low scores"
     )
 
     def validate_node(self) -> list[str]:

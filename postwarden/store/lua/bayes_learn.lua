@@ -4,14 +4,17 @@
 --          tokens: token hashes created, an upper bound kept for the cap)
 -- KEYS[2]  the message's memory key (its class, "spam" or "ham")
 -- KEYS[3..] one hash per distinct token (fields s, h: messages seen in)
--- ARGV[1]  "spam" | "ham" | "forget"
+-- ARGV[1]  "spam" | "ham" | "forget", or "autospam" | "autoham": learn only
+--          a message never learned before (autolearn never overrides a
+--          user's or an earlier choice)
 -- ARGV[2]  token TTL (s), ARGV[3] rare token TTL (s), ARGV[4] memory TTL (s)
 -- ARGV[5]  max tokens (no new token hashes once the state says this many)
 -- ARGV[6]  state TTL (s)
 --
 -- Returns "learned", "known" (same class before), "relearned" (the other
 -- class before: its counts moved), "forgotten", "unknown" (forget of a
--- message never learned).
+-- message never learned), "kept" (autolearn of a message learned before as
+-- the other class: left as it was).
 local cls = ARGV[1]
 local token_ttl = tonumber(ARGV[2])
 local rare_ttl = tonumber(ARGV[3])
@@ -22,6 +25,12 @@ local field = { spam = "s", ham = "h" }
 
 local prev = redis.call("GET", KEYS[2])
 if prev ~= "spam" and prev ~= "ham" then prev = nil end
+
+if cls == "autospam" or cls == "autoham" then
+  cls = (cls == "autospam") and "spam" or "ham"
+  if prev == cls then return "known" end
+  if prev then return "kept" end
+end
 
 local function drop(key, f)
   local n = redis.call("HINCRBY", key, f, -1)
