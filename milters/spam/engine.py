@@ -206,6 +206,7 @@ class SpamEngine:
         log.info("spam: autolearn %s: %s (score without Bayes %.2f)", cls, outcome, rules)
         if outcome not in ("learned", "relearned"):
             return []
+        ctx.stats.add(f"bayes.autolearned_{cls}")
         return [self.symbol(SymbolHit(autolearn.SYMBOL[cls], (f"rules {rules:.2f}",)))]
 
     def _merge(self, hits: list[SymbolHit]) -> list[Symbol]:

@@ -67,6 +67,11 @@ def stat(config_file: str | None, as_json: bool) -> None:
     else:
         state = (f"inactive: learning {min(bayes.spam, need)}/{need} spam, "
                  f"{min(bayes.ham, need)}/{need} ham")  # fmt: skip
+    auto = bayes_settings.autolearn
+    if bayes_settings.enabled and auto.enabled:
+        state += f"; autolearn on (spam at {auto.spam_score:g}, ham at {auto.ham_score:g})"
+    elif bayes_settings.enabled:
+        state += "; autolearn off"
     click.echo(f"bayes (global): learned {bayes.spam} spam, {bayes.ham} ham, "
                f"{bayes.tokens} tokens; {state}")  # fmt: skip
 

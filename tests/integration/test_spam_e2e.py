@@ -7,6 +7,7 @@ A regex rule gives a known score: Subject "trigger" scores 10.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -339,3 +340,30 @@ def test_spam_milter_scores_the_dkim_milters_authentication_results(
     result = got.header("X-Spamd-Result") or ""
     assert "R_DKIM_NA" in result
     assert "R_DKIM_ALLOW" not in result
+
+
+def test_autolearn_under_postfix_learns_what_a_junk_move_can_relearn(
+    spam_postfix: Callable[..., PostfixInstance], sink: SmtpSink,
+    postwarden_config: ConfigFactory,
+) -> None:  # fmt: skip
+    # Given autolearn on, with the test rule alone (10) enough to learn spam
+    postfix = spam_postfix(
+        {"add_header": 5}, bayes={"autolearn": {"enabled": True, "spam_score": 10}}
+    )
+    assert send(postfix, "trigger").accepted
+    [got] = sink.wait_for(1)
+    # Then the milter says it learned the message, and Bayes counts it
+    assert "BAYES_AUTOLEARN_SPAM" in (got.header("X-Spamd-Result") or "")
+    config = postwarden_config(milters=("spam",))
+    stat = subprocess.run(
+        [*postwarden_argv(), "stat", "-c", str(config.path), "--json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(stat)["bayes_learned_spam"] == 1
+    # When the user moves the delivered copy out of Junk (learn ham)
+    out = subprocess.run(
+        [*postwarden_argv(), "learn", "ham", "-c", str(config.path), "--json", "-"],
+        input=got.raw, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    # Then it is the same message: its tokens move to ham
+    assert json.loads(out)["relearned"] == 1

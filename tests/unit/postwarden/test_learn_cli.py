@@ -160,7 +160,7 @@ def test_stat_shows_learned_counts_and_whether_bayes_is_active(
     learn(cfg, "spam", "-", stdin=msg(1))
     out = CliRunner().invoke(main, ["stat", "-c", cfg])
     assert "bayes (global): learned 1 spam, 0 ham" in out.output
-    assert "inactive: learning 1/2 spam, 0/2 ham" in out.output
+    assert "inactive: learning 1/2 spam, 0/2 ham; autolearn off" in out.output
     for n in (2, 3, 4):
         learn(cfg, "ham" if n > 2 else "spam", "-", stdin=msg(n, "ham" if n > 2 else "spam"))
     out = CliRunner().invoke(main, ["stat", "-c", cfg, "--json"])

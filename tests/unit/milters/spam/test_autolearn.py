@@ -58,6 +58,7 @@ def test_autolearn_learns_spam_once_when_rules_alone_score_high(store: Store) ->
     v = scan(eng, svc, SPAMMY)
     assert "BAYES_AUTOLEARN_SPAM" in names(v)
     assert learned(store) == (1, 0)
+    assert svc.stats.take()["bayes.autolearned_spam"] == 1  # `postwarden stat` shows it
     again = scan(eng, svc, SPAMMY)
     assert "BAYES_AUTOLEARN_SPAM" not in names(again)  # remembered: learned once
     assert learned(store) == (1, 0)
