@@ -34,7 +34,8 @@ _PHRASES = [
     r"you (are|were) (receiving|selected)",
     r"opt[- ]?(in|out)", r"bulk (e-?mail|mail)", r"million (e-?mail )?addresses",
     r"(special|exclusive) (offer|promotion|deal)", r"free (gift|trial|offer|money|info)",
-    r"(cash|prize|winner|won|lottery)", r"(viagra|cialis|pharmacy|prescription|weight loss)",
+    r"(cash|prize|winner|lottery|you(.ve| have)? won)",
+    r"(viagra|cialis|pharmacy|prescription|weight loss)",
     r"(investment|stock) (opportunity|alert|pick)", r"multi[- ]?level marketing",
     r"call (now|toll[- ]free)", r"toll[- ]free", r"(apply|sign up) (now|today)",
     r"satisfaction guaranteed", r"no (cost|fees?|catch)", r"what are you waiting for",
@@ -69,8 +70,11 @@ def _re(pattern: str) -> object:
     return re2.compile(pattern, opts)
 
 
-_PHRASE_RE = [_re(r"\b" + p) for p in _PHRASES]
-_ANY_PHRASE = _re(r"\b(" + "|".join(_PHRASES) + ")")
+# Whole words at both ends ("won" must not match "wonder" or "won't"), but
+# "refinanc" is a stem on purpose.
+_PHRASE_RE = [_re(r"\b(?:" + p + r")" + ("" if p.endswith("financ") else r"\b")) for p in _PHRASES]
+_ANY_PHRASE = _re("|".join(r"\b(?:" + p + r")" + ("" if p.endswith("financ") else r"\b")
+                           for p in _PHRASES))  # fmt: skip
 _REMOVAL_RE = _re(_REMOVAL)
 _MONEY = re.compile(r"\$\s?\d[\d,]{0,15}(\.\d\d)?|\d[\d,]{0,15} ?(dollars|usd)\b", re.I)
 _TRACKING = re.compile(

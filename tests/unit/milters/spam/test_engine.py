@@ -241,3 +241,20 @@ def test_result_header_stays_ascii_and_short_whatever_the_options() -> None:
     [result] = added(v, "X-Spamd-Result")
     assert result.isascii()
     assert all(len(line) < 300 for line in result.split("\r\n"))
+
+
+@pytest.mark.parametrize(
+    ("body", "phrases"),
+    [
+        ("I won't make it; a wonderful cachet, the Wonderland debtors.\r\n", None),
+        ("You have won the lottery! Claim your prize.\r\n", "(cash|prize|winner|lottery"),
+        ("We refinance any loan.\r\n", "refinanc"),  # a stem on purpose
+    ],
+)
+def test_sales_phrases_match_whole_words_only(body: str, phrases: str | None) -> None:
+    eng, svc = engine()
+    sym = {s.name: s for s in scan(eng, svc, message(body)).symbols}
+    if phrases is None:
+        assert "SPAM_PHRASES" not in sym
+    else:
+        assert any(o.startswith(phrases) for o in sym["SPAM_PHRASES"].options)
