@@ -75,7 +75,11 @@ def arc_clause(r: ArcResult) -> authres.AuthenticationResult:
 
 
 def dmarc_clause(r: DmarcResult, disposition: str) -> authres.AuthenticationResult:
-    """`dmarc=fail (p=reject sp=reject dis=none) header.from=example.org`."""
+    """`dmarc=fail (p=reject sp=reject dis=none) header.from=example.org
+    policy.dmarc=reject`: the record's p= and sp= as found, what we did
+    (dis=), and the policy that applies to this From domain (sp= for a
+    subdomain judged by its organisational domain's record, RFC 7489
+    section 6.6.3), which the spam milter scores."""
     comment = None
     if r.policy is not None:
         comment = f"p={r.policy.p} sp={r.policy.sp} dis={disposition}"
@@ -85,7 +89,14 @@ def dmarc_clause(r: DmarcResult, disposition: str) -> authres.AuthenticationResu
         result_comment=comment,
         # Only errors carry a reason; pass/fail say enough with the policy.
         reason=(r.reason or None) if r.result == "temperror" else None,
-        properties=[authres.AuthenticationResultProperty("header", "from", r.from_domain)],
+        properties=[
+            authres.AuthenticationResultProperty("header", "from", r.from_domain),
+            *(
+                [authres.AuthenticationResultProperty("policy", "dmarc", r.requested)]
+                if r.policy is not None
+                else []
+            ),
+        ],
     )
 
 

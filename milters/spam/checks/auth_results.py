@@ -55,9 +55,10 @@ _DKIM = {"pass": "R_DKIM_ALLOW", "fail": "R_DKIM_REJECT", "temperror": "R_DKIM_T
 _ARC = {"pass": "ARC_ALLOW", "fail": "ARC_REJECT", "none": "ARC_NA"}
 _METHOD = re.compile(r"(?i)^\s*(spf|dkim|dmarc|arc)\s*=\s*([a-z]+)")
 _AUTHSERV = re.compile(r'^\s*(?:\([^)]*\)\s*)*(?:"([^"]*)"|([^\s;()"]+))')
-_POLICY = re.compile(
-    r"(?i)\b(?:p|policy\.dmarc|policy\.published-domain-policy)=(reject|quarantine|none)\b"
-)
+# The policy that applies: our dkim milter's policy.dmarc= (sp= already
+# chosen for a subdomain), else another verifier's, else the comment's p=.
+_APPLIED = re.compile(r"(?i)\bpolicy\.(?:dmarc|published-domain-policy)=(reject|quarantine|none)\b")
+_POLICY = re.compile(r"(?i)\bp=(reject|quarantine|none)\b")
 _RECEIVER = re.compile(r"(?i)\breceiver=\"?([^\s;\"]+)")
 
 
@@ -112,7 +113,7 @@ def _dmarc(result: str, clause: str) -> Iterator[SymbolHit]:
     if result == "pass":
         yield SymbolHit("DMARC_POLICY_ALLOW")
     elif result == "fail":
-        p = _POLICY.search(clause)
+        p = _APPLIED.search(clause) or _POLICY.search(clause)
         policy = p.group(1).lower() if p else "none"
         yield SymbolHit({"reject": "DMARC_POLICY_REJECT", "quarantine": "DMARC_POLICY_QUARANTINE"}
                         .get(policy, "DMARC_POLICY_SOFTFAIL"))  # fmt: skip

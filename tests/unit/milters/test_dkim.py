@@ -350,7 +350,7 @@ def test_unsigned_message_gets_dkim_none(make_engine: Make) -> None:
     verdict = run(make_engine(), MESSAGE, INBOUND)
     assert authentication_results(verdict) == (
         "mx.example.net; dkim=none; arc=none;"
-        " dmarc=fail (p=reject sp=reject dis=none) header.from=example.org"
+        " dmarc=fail (p=reject sp=reject dis=none) header.from=example.org policy.dmarc=reject"
     )
     assert "not signed: client neither authenticated nor trusted" in verdict.reason
 
@@ -371,7 +371,7 @@ def test_forged_authentication_results_with_our_id_are_removed_others_kept(
     values = [re.sub(r"\s+", " ", v) for v in out.get_all("Authentication-Results")]
     assert values == [
         "mx.example.net; dkim=none; arc=none;"
-        " dmarc=fail (p=reject sp=reject dis=none) header.from=example.org",
+        " dmarc=fail (p=reject sp=reject dis=none) header.from=example.org policy.dmarc=reject",
         "other.example; spf=pass",
     ]
 
@@ -555,6 +555,14 @@ def test_dmarc_subdomain_policy_sp_quarantines(make_engine: Make) -> None:
     verdict = run(make_engine(extra=ENFORCE), _from("news.sender.example"), INBOUND)
     assert verdict.action is Action.QUARANTINE
     assert "dis=quarantine" in authentication_results(verdict)
+
+
+def test_dmarc_names_the_policy_that_applies_to_a_subdomain(make_engine: Make) -> None:
+    # The spam milter scores policy.dmarc: sp= here, not the record's p=reject.
+    ar = authentication_results(run(make_engine(), _from("news.sender.example"), INBOUND))
+    assert "header.from=news.sender.example policy.dmarc=quarantine" in ar
+    ar = authentication_results(run(make_engine(), _from("sender.example"), INBOUND))
+    assert "header.from=sender.example policy.dmarc=reject" in ar
 
 
 def test_dmarc_none_without_a_policy(make_engine: Make) -> None:

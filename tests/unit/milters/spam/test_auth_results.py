@@ -18,6 +18,15 @@ def test_our_authentication_results_give_dkim_dmarc_arc_and_spf_symbols() -> Non
     assert dkim.options == ("example.org",) and dkim.score < 0
 
 
+def test_dmarc_fail_is_scored_by_the_policy_that_applies_not_the_records_p() -> None:
+    # A subdomain judged by its organisation's record: sp=none applies.
+    eng, svc = engine({"authserv_id": OURS})
+    ar = (f"{OURS}; dkim=none; dmarc=fail (p=reject sp=none dis=none) "
+          "header.from=news.example.org policy.dmarc=none")  # fmt: skip
+    v = scan(eng, svc, message(headers={"Authentication-Results": ar}))
+    assert "DMARC_POLICY_SOFTFAIL" in names(v) and "DMARC_POLICY_REJECT" not in names(v)
+
+
 def test_results_claimed_by_another_authserv_id_are_ignored() -> None:
     eng, svc = engine({"authserv_id": OURS})
     forged = "mx.attacker.example; dkim=pass header.d=bank.example; dmarc=pass"
