@@ -3,19 +3,24 @@ a service, found before anything binds, each with what to fix.
 
 The config loader answers "is the file right?"; these answer "can it run
 here?": the service user and groups exist, each unix socket's directory
-exists and Postfix can walk to it, the metrics port is free, and root is
-refused unless allowed. `postwarden run`, `postwarden milter NAME` and
+exists and Postfix can walk to it, the config file and every file it names
+stay readable after the drop to the service user (a reload re-reads them
+as that user), the metrics port is free, and root is refused unless
+allowed. `postwarden run`, `postwarden milter NAME` and
 `postwarden policyd` exit 78 (EX_CONFIG) with the list.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from postwarden import privileges, sockets
 from postwarden.config import Settings
+from postwarden.config.units import FilePath
 from postwarden.errors import StartupError
 
 
@@ -52,8 +57,52 @@ def metrics_port(listen: str) -> list[str]:
     return []
 
 
+def named_files(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(config key, path) of every file the settings name (FilePath values)."""
+    if isinstance(node, FilePath):
+        yield key, str(node)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            yield from named_files(getattr(node, f.name), f"{key}.{f.name}".lstrip("."))
+    elif isinstance(node, tuple | list):
+        for i, item in enumerate(node):
+            yield from named_files(item, f"{key}[{i}]")
+    elif isinstance(node, dict):
+        for name, item in node.items():
+            yield from named_files(item, f"{key}.{name}")
+
+
+def readable_files(
+    settings: Settings, config_file: str | None, ident: privileges.Identity | None
+) -> list[str]:
+    """Files the service user could not read after the drop: the config and
+    the files it names. Start-up reads them as root, so they would fail only
+    at the next reload (SIGHUP), as that user: say so now."""
+    if ident is None or ident.uid == 0:
+        return []
+    named = [("config file", config_file)] if config_file else []
+    named += list(named_files(settings))
+    found = []
+    for key, path in named:
+        try:
+            blocked = privileges.unreadable(path, ident)
+        except OSError:
+            continue  # gone since it was loaded: the loader's own error says so
+        if blocked is not None:
+            found.append(
+                f"{key}: {path} is not readable by user {ident.user} ({blocked} is closed to"
+                f" it), and reloads read it as that user; e.g. chgrp {ident.user} {path} and"
+                f" chmod g+r {path}"
+            )
+    return found
+
+
 def problems(
-    settings: Settings, services: Sequence[tuple[str, ...]], *, serves_metrics: bool
+    settings: Settings,
+    services: Sequence[tuple[str, ...]],
+    *,
+    serves_metrics: bool,
+    config_file: str | None = None,
 ) -> list[str]:
     """Every start-up problem for a process running `services`."""
     found: list[str] = []
@@ -61,6 +110,7 @@ def problems(
         ident = privileges.effective(settings.privileges)
         privileges.check_not_root(settings.privileges)
         found.extend(privileges.python_problems(ident))
+        found.extend(readable_files(settings, config_file, ident))
     except StartupError as exc:
         found.append(str(exc))
     found.extend(service_sockets(settings, services))

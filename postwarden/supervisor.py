@@ -146,7 +146,9 @@ class Supervisor:
             text = read_config_text(self.config_path)
         self.settings, pinned = load_pinned(text, self.config_path)
         try:
-            _write_private(self.running_config, pinned)
+            _write_private(
+                self.running_config, pinned, privileges.effective(self.settings.privileges)
+            )
         except OSError as exc:
             raise PostwardenError(f"cannot write {self.running_config}: {exc.strerror}") from None
         s = self.settings
@@ -365,7 +367,7 @@ class Supervisor:
             return
         new, pinned = validated
         try:
-            _write_private(self.running_config, pinned)
+            _write_private(self.running_config, pinned, privileges.effective(new.privileges))
         except OSError as exc:
             log.error("reload refused: cannot write %s: %s", self.running_config, exc.strerror)
             return
@@ -445,11 +447,15 @@ def read_status(state_dir: str) -> dict[str, Any] | None:
     return dict(status)
 
 
-def _write_private(path: str, text: str) -> None:
+def _write_private(path: str, text: str, reader: privileges.Identity | None = None) -> None:
     """Write atomically, readable by the owner only (the config may hold a
-    Redis password)."""
+    Redis password) and, when the children drop to `reader`, by its group:
+    a child reloads (SIGHUP) by reading this file as that user."""
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        if reader is not None and reader.uid != os.geteuid():
+            os.fchown(fh.fileno(), -1, reader.gid)
+            os.fchmod(fh.fileno(), 0o640)
         fh.write(text)
     os.replace(tmp, path)

@@ -54,6 +54,9 @@ def run(config_file: str | None) -> None:
         click.echo(str(problem), err=True)
     if any(p.severity == "error" for p in problems):
         sys.exit(EX_CONFIG)
+    # The children read (and reload) the supervisor's copy, running.yaml,
+    # which it makes readable to them; the files the config names they read
+    # themselves.
     startup.check_or_exit(settings, enabled_services(settings), serves_metrics=True)
     try:
         sys.exit(Supervisor(path, settings, enabled_services, config_text=text).run())

@@ -28,7 +28,7 @@ def milter(config_file: str | None, name: str) -> None:
         known = ", ".join(registry.names())
         raise click.BadParameter(f"unknown milter {name!r}; known: {known}", param_hint="NAME")
     alone = not os.environ.get(metrics.MULTIPROC_ENV)  # under `run` the supervisor serves
-    startup.check_or_exit(settings, [("milter", name)], serves_metrics=alone)
+    startup.check_or_exit(settings, [("milter", name)], serves_metrics=alone, config_file=path)
     try:
         sys.exit(service.serve(name, path, settings))
     except StartupError as exc:
@@ -52,7 +52,7 @@ def policyd(config_file: str | None) -> None:
     path, settings = load_or_exit(config_file)
     startup.setup_logging(settings)
     alone = not os.environ.get(metrics.MULTIPROC_ENV)  # under `run` the supervisor serves
-    startup.check_or_exit(settings, [("policyd",)], serves_metrics=alone)
+    startup.check_or_exit(settings, [("policyd",)], serves_metrics=alone, config_file=path)
     try:
         sys.exit(service.run(path, settings))
     except StartupError as exc:

@@ -26,9 +26,15 @@ def setup_logging(settings: Settings) -> None:
 
 
 def check_or_exit(
-    settings: Settings, services: Sequence[tuple[str, ...]], *, serves_metrics: bool
+    settings: Settings,
+    services: Sequence[tuple[str, ...]],
+    *,
+    serves_metrics: bool,
+    config_file: str | None = None,
 ) -> None:
-    problems = preflight.problems(settings, services, serves_metrics=serves_metrics)
+    problems = preflight.problems(
+        settings, services, serves_metrics=serves_metrics, config_file=config_file
+    )
     for problem in problems:
         click.echo(f"postwarden: {problem}", err=True)
     if problems:

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from postwarden import privileges
+from postwarden import preflight, privileges
+from postwarden.config.load import load_config_text
 from postwarden.config.sections.privileges import PrivilegeSettings
 from postwarden.privileges import Identity
 from tests.conftest import REPO
@@ -405,6 +406,13 @@ def test_run_as_root_keeps_the_supervisor_and_drops_every_child(
             wait_until(lambda c=child: proc_ids(c)[0][0] != 0, f"child {child} dropping root")  # type: ignore[misc]
             assert proc_ids(child)[0] == [service_user.pw_uid] * 4
         assert proc_ids(proc.pid)[0][1] == 0  # the supervisor, like Postfix's master
+        # A reload reaches the dropped children: they re-read the supervisor's
+        # running.yaml as the service user (it was root-only once, and every
+        # child refused the reload with "Permission denied")
+        proc.send_signal(signal.SIGHUP)
+        for what in ("milter noop reloaded", "policyd reloaded"):
+            wait_until(lambda w=what: w in log.read_text(), what)  # type: ignore[misc]
+        assert "reload refused" not in log.read_text()
     finally:
         proc.terminate()
         proc.wait(60)
@@ -451,3 +459,35 @@ def test_dropping_root_keeps_the_parent_death_signal(service_user: pwd.struct_pa
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_files_the_service_user_could_not_reload_are_named_at_start(
+    service_user: pwd.struct_passwd, postwarden_cmd: list[str], shared: Path
+) -> None:
+    # Given a header_checks file and a config only root may read
+    rules = shared / "header_checks"
+    rules.write_text("/^Subject: test/ REJECT no\n")
+    os.chmod(rules, 0o600)
+    cfg = config(
+        shared,
+        privileges={"user": USER},
+        overrides={"milters": {"headers": {"enabled": True, "header_checks": [str(rules)]}}},
+    )
+    os.chmod(cfg.path, 0o600)
+    # When root starts the milter, which drops to the service user
+    done = run_until_exit([*postwarden_cmd, "milter", "headers", "-c", str(cfg.path)])
+    # Then it refuses before serving and names each file with the fix
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert f"config file: {cfg.path} is not readable by user {USER}" in done.stderr
+    assert f"milters.headers.header_checks[0]: {rules} is not readable by user {USER}" in (
+        done.stderr
+    )
+    assert f"chgrp {USER} {rules}" in done.stderr
+    assert not os.path.exists(socket_path(cfg, "headers"))
+    # And once the group may read them, that complaint is gone
+    for path in (rules, cfg.path):
+        os.chown(path, 0, service_user.pw_gid)
+        os.chmod(path, 0o640)
+    ident = Identity(USER, service_user.pw_uid, service_user.pw_gid, ())
+    settings = load_config_text(Path(cfg.path).read_text(), str(cfg.path))
+    assert preflight.readable_files(settings, str(cfg.path), ident) == []
