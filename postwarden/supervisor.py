@@ -313,7 +313,13 @@ class Supervisor:
         self.restarts[label] = self.restarts.get(label, 0) + 1
 
     def restart_counts(self) -> Mapping[str, int]:
-        return dict(self.restarts)
+        """Per service, from 0: a series that exists before the first restart
+        lets increase() and alerts see that first one."""
+        counts = {child.label: 0 for child in list(self.children.values())}
+        if self.redis is not None:
+            counts[REDIS] = 0
+        counts.update(self.restarts)
+        return counts
 
     # -- reload -----------------------------------------------------------------
     def validate(self) -> tuple[Settings, str] | None:

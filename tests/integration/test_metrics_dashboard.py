@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -19,15 +20,18 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from postwarden.store.embedded import EmbeddedRedis
 from tests.conftest import REPO
 from tests.fixtures.dnsserver import DnsServer
 from tests.harness.ports import free_port, wait_for_unix_socket
-from tests.harness.postfix import PostfixInstance, Xclient
+from tests.harness.postfix import PostfixInstance, Xclient, make_message
 from tests.harness.services import ServiceProcess, postwarden_argv, write_config
 
 pytestmark = pytest.mark.integration
 
 DASHBOARD = REPO / "deploy" / "grafana" / "postwarden.json"
+# Read from Redis at scrape time: absent while Redis is down (the first test).
+FROM_REDIS = {"postwarden_bayes_learned", "postwarden_bayes_active"}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -118,9 +122,13 @@ def test_one_endpoint_counts_the_traffic_and_feeds_every_dashboard_query(
             supervisor.stop()
     assert supervisor.proc is not None and supervisor.proc.returncode == 0
 
-    # Every dashboard query names a series the endpoint serves.
+    # Every dashboard query names a series the endpoint serves (the Bayes
+    # ones need Redis: the next test).
     names = {name for name, _ in samples}
-    assert sorted(dashboard_metrics() - names) == []
+    assert sorted(dashboard_metrics() - names - FROM_REDIS) == []
+    # Restarts are counted from 0, so the first one shows in increase().
+    assert ("postwarden_supervisor_restarts_total", (("service", "noop"),)) in samples
+    assert total(samples, "postwarden_supervisor_restarts_total") == 0
     # And the counts are the ones the traffic caused, from both services.
     assert total(samples, "postwarden_milter_messages_total", milter="noop") == 1
     assert total(samples, "postwarden_milter_decision_seconds_count", milter="noop") == 1
@@ -132,3 +140,38 @@ def test_one_endpoint_counts_the_traffic_and_feeds_every_dashboard_query(
     assert total(samples, "postwarden_dns_errors_total", kind="servfail") >= 1
     assert total(samples, "postwarden_redis_errors_total") >= 1
     assert total(samples, "postwarden_policyd_errors_total", kind="store") >= 1
+
+
+def test_bayes_statistics_reach_the_endpoint_and_the_dashboard(
+    socket_dir: Path, tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "config",
+        socket_dir,
+        redis_server.socket,
+        milters=("noop",),
+        overrides={"metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"}},
+    )
+    # Given one message learned as spam (as the Dovecot Junk loop does)
+    learned = subprocess.run(
+        [*postwarden_argv(), "learn", "spam", "-c", str(cfg.path), "--json", "-"],
+        input=make_message(subject="cheap pills"), capture_output=True, check=True,
+    )  # fmt: skip
+    assert json.loads(learned.stdout)["learned"] == 1
+    supervisor = ServiceProcess(
+        [*postwarden_argv(), "run", "-c", str(cfg.path)],
+        cfg.socket("policyd"),
+        tmp_path / "run.log",
+    ).start()
+    try:
+        samples = scrape(port)
+    finally:
+        supervisor.stop()
+    # Then the endpoint says so, and serves every series the dashboard's
+    # Bayes panel queries
+    assert total(samples, "postwarden_bayes_learned", **{"class": "spam"}) == 1
+    assert total(samples, "postwarden_bayes_learned", **{"class": "ham"}) == 0
+    assert total(samples, "postwarden_bayes_active") == 0  # min_learns not reached
+    assert dashboard_metrics() >= FROM_REDIS
+    assert {name for name, _ in samples} >= FROM_REDIS
