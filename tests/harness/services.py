@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from milters.service import STOP_DEADLINE
 from postwarden.config.sections.policyd import CHECK_NAMES
 from tests.harness.ports import free_port, wait_for_tcp, wait_for_unix_socket
 
@@ -210,8 +211,10 @@ class ServiceProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; returns the exit status."""
+    def stop(self, timeout: float = STOP_DEADLINE + 5.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit status. The default
+        wait outlasts the milter's own drain deadline, so a clean stop (and
+        its last stats flush) is never cut short by the harness."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
