@@ -119,8 +119,13 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
         _set_nodelay(sock.port)
     log.info("milter %s listening on %s", name, sock)
     sdnotify.notify("READY=1")
+    # Alone under systemd (postwarden@NAME): WATCHDOG=1 while libmilter's
+    # thread lives; under `run` the supervisor watches instead.
+    watchdog = sdnotify.Watchdog()
     last_flush = time.monotonic()
     while not stop.wait(0.5):
+        if thread.is_alive():
+            watchdog.tick()
         if time.monotonic() - last_flush >= FLUSH_INTERVAL:
             _flush(service)
             last_flush = time.monotonic()

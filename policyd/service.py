@@ -63,6 +63,17 @@ async def reload_config(config_path: str, apply: Apply, load: Loader = load_chec
     return True
 
 
+async def _watchdog(watchdog: sdnotify.Watchdog) -> None:
+    """WATCHDOG=1 from the event loop itself (alone under systemd with
+    WatchdogSec=): a loop blocked by a stuck call stops the pings and systemd
+    restarts the service."""
+    if watchdog.interval is None:
+        return
+    while True:
+        watchdog.tick()
+        await asyncio.sleep(min(1.0, watchdog.interval / 2))
+
+
 async def serve(config_path: str, settings: Settings) -> int:
     checks = compile_checks(settings)
     owned = None
@@ -94,9 +105,11 @@ async def serve(config_path: str, settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     sdnotify.notify("READY=1")
+    pinger = asyncio.create_task(_watchdog(sdnotify.Watchdog()))
     try:
         await stop.wait()
     finally:
+        pinger.cancel()
         sdnotify.notify("STOPPING=1")
         log.info("policyd stopping")
         for task in list(reloads):
