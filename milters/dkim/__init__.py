@@ -161,7 +161,7 @@ class DkimEngine:
         if self.settings.dmarc:
             dm = self._dmarc(msg, env, results, ctx)
             if dm is not None:
-                action, note = self._enforce(dm, arc_result)
+                action, note = self._enforce(dm, arc_result, dmarc.sample_key(msg))
                 clauses.append(authres.dmarc_clause(dm, note))
                 details["dmarc"] = dm.result
                 ctx.stats.add(f"milter.dkim.dmarc_{dm.result}")
@@ -243,17 +243,20 @@ class DkimEngine:
         return dmarc.evaluate(domain, results, spf, txt)
 
     def _enforce(
-        self, dm: dmarc.DmarcResult, arc_result: arc.ArcResult | None
+        self, dm: dmarc.DmarcResult, arc_result: arc.ArcResult | None, sample_key: bytes
     ) -> tuple[Action, str]:
         """(action, disposition) for a DMARC result (RFC 7489 section 6.6.4)."""
-        if dm.result != "fail" or dm.requested == "none":
+        requested = dm.requested
+        if dm.policy is not None and not dmarc.sampled(dm.policy.pct, sample_key):
+            requested = dmarc.NEXT_LOWER[requested]  # outside the pct= share
+        if dm.result != "fail" or requested == "none":
             return Action.ACCEPT, "none"
         if self.settings.dmarc_enforcement is not DmarcEnforcement.ENFORCE:
             return Action.ACCEPT, "none"
         trusted = {d.lower() for d in self.settings.trusted_arc_sealers}
         if arc_result is not None and arc_result.result == "pass" and arc_result.sealer in trusted:
             return Action.ACCEPT, "none"  # a trusted forwarder vouched for it (RFC 8617 7.2)
-        if dm.requested == "reject":
+        if requested == "reject":
             return Action.REJECT, "reject"
         if self.settings.dmarc_quarantine_hold:
             return Action.QUARANTINE, "quarantine"

@@ -18,11 +18,15 @@ that topmost header is trusted, and only when it names our receiver;
 a Received-SPF further down was written by someone else.
 
 The policy used is `sp=` for a subdomain of the organisational domain whose
-record was found at the organisational domain, else `p=`.
+record was found at the organisational domain, else `p=`. With `pct=` below
+100 only that share of failing mail gets it, the rest the next-lower policy
+(section 6.6.4); which messages are in the share is decided from the
+message itself, so `postwarden scan` and Postfix agree.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -163,6 +167,27 @@ class DmarcResult:
             return "none"
         sub = self.from_domain != self.policy.found_at
         return self.policy.sp if sub else self.policy.p
+
+
+NEXT_LOWER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+
+def sampled(pct: int, key: bytes) -> bool:
+    """Whether a message falls in a policy's pct= share (RFC 7489 section
+    6.6.4). The RFC asks for a random sample; a digest of the message's own
+    identity samples just as evenly and gives the same answer every time
+    the same message is judged."""
+    if pct >= 100:
+        return True
+    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+    return h % 100 < pct
+
+
+def sample_key(msg: Message) -> bytes:
+    """What places a message in a pct= sample: its Message-ID, or its body
+    when it has none (both the same under Postfix and under scan)."""
+    mid = msg.get("Message-ID")
+    return mid.strip().encode("utf-8", "surrogateescape") if mid else msg.body
 
 
 def evaluate(

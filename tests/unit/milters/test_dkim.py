@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from milters.context import MessageContext, ServiceContext
-from milters.dkim import DkimEngine, build
+from milters.dkim import DkimEngine, build, dmarc
 from milters.message import Action, Envelope, HeaderOp, Message, Verdict
 from milters.pipeline import apply_edits
 from postwarden.budget import Budget
@@ -47,6 +47,8 @@ ZONE: Zone = {
     "_dmarc.example.org": [("TXT", "v=DMARC1; p=reject")],
     "_dmarc.sender.example": [("TXT", "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@x")],
     "_dmarc.strict.sender.example": [("TXT", "v=DMARC1; p=reject; adkim=s; aspf=s")],
+    "_dmarc.pct0.example": [("TXT", "v=DMARC1; p=reject; pct=0")],
+    "_dmarc.pct100.example": [("TXT", "v=DMARC1; p=reject; pct=100")],
 }
 
 MESSAGE = (
@@ -669,3 +671,21 @@ def test_arc_seal_needs_an_rsa_key_of_the_key_table(keydir: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config_text(text, "pw.yaml")
     assert "must name an entry of keys" in str(info.value.problems[0])
+
+
+@pytest.mark.parametrize(
+    ("domain", "action"), [("pct100.example", Action.REJECT), ("pct0.example", Action.QUARANTINE)]
+)
+def test_dmarc_pct_outside_the_share_gets_the_next_lower_policy(
+    make_engine: Make, domain: str, action: Action
+) -> None:
+    # RFC 7489 6.6.4: p=reject with pct=0 is quarantine for every message
+    verdict = run(make_engine(extra=ENFORCE), _from(domain), INBOUND)
+    assert verdict.action is action
+
+
+def test_dmarc_pct_share_is_the_same_each_time_a_message_is_judged() -> None:
+    keys = [f"<{n}@pct.example>".encode() for n in range(2000)]
+    share = [dmarc.sampled(30, k) for k in keys]
+    assert share == [dmarc.sampled(30, k) for k in keys]  # scan agrees with Postfix
+    assert 0.25 < sum(share) / len(share) < 0.35  # and it samples about pct %
