@@ -17,6 +17,10 @@ an admin would run by hand. The supervisor:
   60 s, reset once a child has stayed up for a minute), logging each death;
   restarts are counted in `postwarden_supervisor_restarts_total{service}`
   and in `state_dir/supervisor.json`, which `postwarden stat` shows;
+- with metrics on, runs the one /metrics endpoint as a child too
+  (`postwarden metrics`, cli/metrics_server.py), so no HTTP server runs
+  in this root process; it reads the services' multiprocess files, the
+  restart counts from `supervisor.json` and Bayes from Redis;
 - makes its children die with it (parentdeath.py), so a killed supervisor
   leaves no orphans behind to disturb the next one;
 - on SIGTERM/SIGINT, forwards SIGTERM and waits for the children (in-flight
@@ -42,7 +46,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +70,7 @@ RUNNING_CONFIG = "running.yaml"
 CANDIDATE_CONFIG = "candidate.yaml"
 STATUS_FILE = "supervisor.json"
 REDIS = "redis"
+METRICS = ("metrics",)
 
 # Settings -> the services to run, as `postwarden` arguments (("milter", "headers"),
 # ("policyd",)). The CLI passes it in: which milters exist is the services'
@@ -105,7 +110,6 @@ class Supervisor:
     _redis_backoff: float = BACKOFF_START
     _redis_restart_at: float = 0.0
     _redis_started: float = 0.0
-    _metrics_store: Any = None  # opened at the first /metrics scrape
     _stop: bool = False
     _reload: bool = False
 
@@ -160,17 +164,10 @@ class Supervisor:
             shutil.rmtree(mdir, ignore_errors=True)
             privileges.own_dir(mdir, privileges.effective(s.privileges), 0o755)
             os.environ[metrics.MULTIPROC_ENV] = mdir
-            metrics.serve(
-                s.metrics.listen,
-                [
-                    metrics.RestartsCollector(self.restart_counts),
-                    metrics.BayesCollector(self.bayes_state),
-                ],
-            )
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        for service in self.enabled_services(s):
+        for service in self.services(s):
             child = Child(service)
             self.children[service] = child
             self.start_child(child)
@@ -200,18 +197,6 @@ class Supervisor:
         self._reload = True
 
     # -- the embedded Redis ---------------------------------------------------
-    def bayes_state(self) -> tuple[int, int, bool]:
-        """(spam, ham, active) of the global Bayes statistics, for /metrics."""
-        from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
-        from postwarden.store.client import open_configured_store
-
-        if self._metrics_store is None:
-            self._metrics_store = open_configured_store(self.settings)
-        b = self.settings.milters.spam.bayes
-        state = BayesStore(self._metrics_store, b).state(GLOBAL_SCOPE)
-        active = b.enabled and state.spam >= b.min_learns and state.ham >= b.min_learns
-        return state.spam, state.ham, active
-
     def _start_embedded_redis(self) -> None:
         sock = socket_path(self.state_dir)
         # We hold the state_dir lock, so a Redis answering here is an orphan of
@@ -312,14 +297,14 @@ class Supervisor:
     def _count_restart(self, label: str) -> None:
         self.restarts[label] = self.restarts.get(label, 0) + 1
 
-    def restart_counts(self) -> Mapping[str, int]:
-        """Per service, from 0: a series that exists before the first restart
-        lets increase() and alerts see that first one."""
-        counts = {child.label: 0 for child in list(self.children.values())}
-        if self.redis is not None:
-            counts[REDIS] = 0
-        counts.update(self.restarts)
-        return counts
+    def services(self, settings: Settings) -> list[tuple[str, ...]]:
+        """The children for `settings`: the enabled services and, with
+        metrics on, the endpoint (`postwarden metrics`, run as the service
+        user rather than inside this root process)."""
+        wanted = list(self.enabled_services(settings))
+        if settings.metrics.enabled:
+            wanted.append(METRICS)
+        return wanted
 
     # -- reload -----------------------------------------------------------------
     def validate(self) -> tuple[Settings, str] | None:
@@ -377,8 +362,10 @@ class Supervisor:
         except OSError as exc:
             log.error("reload refused: cannot write %s: %s", self.running_config, exc.strerror)
             return
-        self.settings = new
-        wanted = set(self.enabled_services(new))
+        old, self.settings = self.settings, new
+        wanted = set(self.services(new))
+        if _metrics_inputs(old) != _metrics_inputs(new) and METRICS in self.children:
+            self._terminate([self.children.pop(METRICS)])  # started anew below
         for service in list(self.children):
             if service not in wanted:
                 child = self.children.pop(service)
@@ -433,9 +420,18 @@ class Supervisor:
             "services": services,
         }
         try:
-            _write_private(os.path.join(self.state_dir, STATUS_FILE), json.dumps(status))
+            _write_private(
+                os.path.join(self.state_dir, STATUS_FILE),
+                json.dumps(status),
+                privileges.effective(self.settings.privileges),
+            )
         except OSError as exc:
             log.debug("cannot write %s: %s", STATUS_FILE, exc)
+
+
+def _metrics_inputs(settings: Settings) -> tuple[object, ...]:
+    """What the metrics child reads at start; a reload changing it restarts it."""
+    return (settings.metrics, settings.redis, settings.milters.spam.bayes, settings.privileges)
 
 
 def read_status(state_dir: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ COMMANDS = [
     "postwarden.cli.ratelimit:ratelimit",
     "postwarden.cli.greylist:greylist",
     "postwarden.cli.dkim:dkim",
+    "postwarden.cli.metrics_server:metrics_server",
 ]
 
 

@@ -19,6 +19,7 @@ import signal
 import socket
 import stat
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -381,7 +382,12 @@ def test_metrics_port_in_use_is_a_startup_error(shared: Path) -> None:
 def test_run_as_root_keeps_the_supervisor_and_drops_every_child(
     service_user: pwd.struct_passwd, postwarden_cmd: list[str], shared: Path
 ) -> None:
-    cfg = config(shared, privileges={"user": USER})
+    port = free_port()
+    cfg = config(
+        shared,
+        privileges={"user": USER},
+        overrides={"metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"}},
+    )
     log = shared / "run.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -401,11 +407,18 @@ def test_run_as_root_keeps_the_supervisor_and_drops_every_child(
             for p in Path("/proc").iterdir()
             if p.name.isdigit() and _ppid(p) == proc.pid
         ]
-        assert len(children) >= 3  # redis-server, policyd, milter noop
+        assert len(children) >= 4  # redis-server, policyd, milter noop, metrics
         for child in children:
             wait_until(lambda c=child: proc_ids(c)[0][0] != 0, f"child {child} dropping root")  # type: ignore[misc]
             assert proc_ids(child)[0] == [service_user.pw_uid] * 4
         assert proc_ids(proc.pid)[0][1] == 0  # the supervisor, like Postfix's master
+        # /metrics answers, from a dropped child: the root supervisor listens
+        # on no TCP port
+        wait_until(lambda: _metrics_answer(port), "/metrics")
+        assert tcp_sockets(proc.pid) == set()
+        [server] = [c for c in children if "metrics" in _cmdline(Path(f"/proc/{c}"))]
+        assert tcp_sockets(server)
+        assert proc_ids(server)[0] == [service_user.pw_uid] * 4
         # A reload reaches the dropped children: they re-read the supervisor's
         # running.yaml as the service user (it was root-only once, and every
         # child refused the reload with "Permission denied")
@@ -417,6 +430,14 @@ def test_run_as_root_keeps_the_supervisor_and_drops_every_child(
         proc.terminate()
         proc.wait(60)
     assert proc.returncode == 0, log.read_text()
+
+
+def _metrics_answer(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return b"postwarden_supervisor_restarts_total" in r.read()
+    except OSError:
+        return False
 
 
 def _ppid(proc: Path) -> int:
