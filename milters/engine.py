@@ -15,7 +15,7 @@ in `MiltersSettings`) and its block in `deploy/postwarden.yaml`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol
 
 from milters.message import Envelope, Message, Verdict
@@ -41,6 +41,14 @@ class Needs:
     change_body: bool = False
     change_recipients: bool = False
     quarantine: bool = False
+
+    def missing(self, wanted: Needs) -> list[str]:
+        """What `wanted` asks for beyond these (negotiated) needs: content
+        Postfix does not send or actions it would refuse. Both are fixed
+        when the milter connects to Postfix, so only a restart adds them."""
+        return [
+            f.name for f in fields(self) if getattr(wanted, f.name) and not getattr(self, f.name)
+        ]
 
 
 class Engine(Protocol):

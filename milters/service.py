@@ -89,12 +89,25 @@ def serve(name: str, config_path: str, settings: Settings) -> int:
     def on_term(signum: int, frame: object) -> None:
         stop.set()
 
+    negotiated = stage.engine.needs  # what the adapter asked Postfix for
+
     def on_hup(signum: int, frame: object) -> None:
         try:
             new = load_config(config_path)
             fresh = build_stage(name, new, service)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config:\n%s", exc)
+            return
+        missing = negotiated.missing(fresh.engine.needs)
+        if missing:
+            # Applying it would fail open: a body never sent, or a strip that
+            # Postfix refuses and on_error then accepts.
+            log.error(
+                "reload refused for milter %s, keeping the running config: the new config"
+                " needs %s, which is agreed with Postfix when the milter starts; restart it"
+                " (systemctl restart postwarden, or postwarden@%s)",
+                name, ", ".join(missing), name,
+            )  # fmt: skip
             return
         slot.swap(fresh)
         log.info("milter %s reloaded", name)

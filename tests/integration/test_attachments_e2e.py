@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import shutil
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -137,3 +138,26 @@ def test_eicar_found_by_a_private_clamd_is_rejected_at_end_of_data(
             sink.wait_for(1)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_reload_that_newly_strips_is_refused_until_a_restart(
+    postfix_factory: PostfixFactory,
+    postwarden_config: ConfigFactory,
+    postwarden_service: ServiceFactory,
+) -> None:
+    # Given the milter started with executables rejected (no body changes
+    # agreed with Postfix)
+    config = postwarden_config(milters=("attachments",))
+    service = postwarden_service(config, "milter", "attachments")
+    postfix = postfix_factory(smtpd_milters=[config.socket("attachments")])
+    # When the config newly strips them and the milter gets SIGHUP
+    config.rewrite({"milters": {"attachments": {"classes": {"executables": "strip"}}}})
+    mark = len(service.log_text())
+    service.send_signal(signal.SIGHUP)
+    line = service.wait_for_log("reload refused", start=mark)
+    # Then it says why and what to do, and keeps rejecting: a strip Postfix
+    # would refuse must not turn into delivering the file
+    assert "change_body" in line and "restart" in line
+    data = mime_message([Attachment("setup.exe", minimal_pe())])
+    assert postfix.send("alice@example.org", "bob@example.net", data).code("data") == 550
+    assert service.alive()
