@@ -390,7 +390,8 @@ def needs_for(settings: AttachmentsMilterSettings) -> Needs:
     measured to cost about a third of Postfix's throughput on small messages
     with a header added (bench/attachments.py: 0.92 of Postfix alone without
     it, 0.6 with it). Flags are negotiated when the milter starts: a reload
-    that newly configures `strip` or `quarantine` needs a restart.
+    that newly configures `strip` or `quarantine` is refused with a message
+    asking for a restart (milters/service.py), never applied half.
     """
     actions = {getattr(settings.classes, f.name) for f in fields(settings.classes)}
     actions.add(settings.limits.action)
