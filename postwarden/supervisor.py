@@ -380,7 +380,7 @@ class Supervisor:
                 proc = self.children[service].process
                 if proc is not None and proc.poll() is None:
                     proc.send_signal(signal.SIGHUP)
-        log.info("config reloaded")
+        log.info("config reloaded; each service logs its own reload or why it refused")
         self.write_status()
 
     # -- stop -------------------------------------------------------------------
