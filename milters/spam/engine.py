@@ -194,7 +194,8 @@ class SpamEngine:
         cls = autolearn.decide(b.autolearn, symbols) if autolearn.enabled(self.s) else None
         if cls is None:
             return []
-        ctx.budget.check("spam autolearn")
+        if ctx.budget.expired:
+            return []  # the verdict is made; learning can wait for another message
         rcpts = env.recipients
         scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
         raw = msg.header_bytes() + b"\r\n" + msg.body
@@ -202,6 +203,9 @@ class SpamEngine:
             outcome = autolearn.teach(BayesStore(ctx.store, b), scope, raw, view.mime, cls)
         except StoreUnavailable:
             return [self.symbol(SymbolHit("STORE_UNAVAILABLE", ("autolearn",)))]
+        except Exception:  # learning must never cost the verdict already made
+            log.exception("spam autolearn failed")
+            return [self.symbol(SymbolHit("CHECK_ERROR", ("autolearn",)))]
         rules = autolearn.rules_score(symbols)
         log.info("spam: autolearn %s: %s (score without Bayes %.2f)", cls, outcome, rules)
         if outcome not in ("learned", "relearned"):

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from milters.spam import autolearn as autolearn_module
 from milters.spam.checks.bayes import SYMBOLS as BAYES_SYMBOLS
 from postwarden.bayes import learning
 from postwarden.bayes.sources import Found
@@ -150,3 +151,18 @@ def test_autolearn_thresholds_must_not_cross() -> None:
     with pytest.raises(ConfigError) as err:
         settings_for(autolearn(spam_score=1.0, ham_score=3.0))
     assert "ham_score must be below spam_score" in str(err.value)
+
+
+@pytest.mark.expect_log("ERROR", "spam autolearn failed")
+def test_a_failing_autolearn_keeps_the_verdict(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> str:
+        raise RuntimeError("a bug in learning")
+
+    monkeypatch.setattr(autolearn_module, "teach", broken)
+    eng, svc = engine(autolearn(), store=store)
+    v = scan(eng, svc, SPAMMY)
+    sym = {s.name: s for s in v.symbols}
+    assert sym["CHECK_ERROR"].options == ("autolearn",)
+    assert v.score is not None and v.score >= 4.0 and v.action.value == "add_header"
