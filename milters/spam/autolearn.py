@@ -39,7 +39,7 @@ def rules_score(symbols: Sequence[Symbol]) -> float:
 
 
 def decide(settings: AutolearnSettings, symbols: Sequence[Symbol]) -> str | None:
-    """ "spam", "ham" or None: which class this verdict teaches, if any."""
+    """Which class this verdict teaches: "spam", "ham", or None for neither."""
     if not settings.enabled or any(s.name in NOT_LEARNED for s in symbols):
         return None
     score = rules_score(symbols)

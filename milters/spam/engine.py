@@ -188,8 +188,9 @@ class SpamEngine:
 
     def _autolearn(self, msg: Message, view: MessageView, env: Envelope, ctx: MessageContext,
                    symbols: list[Symbol]) -> list[Symbol]:  # fmt: skip
-        """Teach Bayes a clear verdict (milters/spam/autolearn.py); the symbol
-        that says so, or a STORE_UNAVAILABLE one when Redis is away."""
+        """Teach Bayes a clear verdict (milters/spam/autolearn.py): the symbol
+        that says it learned, STORE_UNAVAILABLE when Redis is away, or
+        CHECK_ERROR when learning failed; the verdict itself never changes."""
         b = self.s.bayes
         cls = autolearn.decide(b.autolearn, symbols) if autolearn.enabled(self.s) else None
         if cls is None:
@@ -208,7 +209,7 @@ class SpamEngine:
             return [self.symbol(SymbolHit("CHECK_ERROR", ("autolearn",)))]
         rules = autolearn.rules_score(symbols)
         log.info("spam: autolearn %s: %s (score without Bayes %.2f)", cls, outcome, rules)
-        if outcome not in ("learned", "relearned"):
+        if outcome != "learned":  # "known", "kept" (learned before), "empty"
             return []
         ctx.stats.add(f"bayes.autolearned_{cls}")
         return [self.symbol(SymbolHit(autolearn.SYMBOL[cls], (f"rules {rules:.2f}",)))]
