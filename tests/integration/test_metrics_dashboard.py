@@ -13,16 +13,15 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from postwarden.store.embedded import EmbeddedRedis
 from tests.conftest import REPO
 from tests.fixtures.dnsserver import DnsServer
+from tests.harness.metrics import scrape, total
 from tests.harness.ports import free_port, wait_for_unix_socket
 from tests.harness.postfix import PostfixInstance, Xclient, make_message
 from tests.harness.services import ServiceProcess, postwarden_argv, write_config
@@ -32,7 +31,6 @@ pytestmark = pytest.mark.integration
 DASHBOARD = REPO / "deploy" / "grafana" / "postwarden.json"
 # Read from Redis at scrape time: absent while Redis is down (the first test).
 FROM_REDIS = {"postwarden_bayes_learned", "postwarden_bayes_active"}
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def dashboard_metrics() -> set[str]:
@@ -41,21 +39,6 @@ def dashboard_metrics() -> set[str]:
     exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
     assert exprs, "the dashboard has queries"
     return {m for e in exprs for m in re.findall(r"\bpostwarden_[a-z_]+\b", e)}
-
-
-def scrape(port: int) -> Samples:
-    url = f"http://127.0.0.1:{port}/metrics"
-    body = urllib.request.urlopen(url, timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= set(lab))
 
 
 def test_one_endpoint_counts_the_traffic_and_feeds_every_dashboard_query(

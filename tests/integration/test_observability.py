@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO
+from tests.harness.metrics import scrape
+from tests.harness.ports import free_port
 from tests.integration.test_supervisor import connects, policy_answer, wait_until
 
 CONFIG = """\
@@ -33,21 +32,6 @@ policyd:
     rules:
       - {{recipient: "blocked@example.net", action: "REJECT no"}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 def stat_json(cfg: Path) -> dict[str, int]:

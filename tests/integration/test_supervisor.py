@@ -10,15 +10,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from postwarden.store.embedded import answers, socket_path
 from tests.conftest import REPO
+from tests.harness.metrics import scrape
+from tests.harness.ports import free_port
 
 CONFIG = """\
 state_dir: {tmp}/state
@@ -217,21 +217,6 @@ def greylist_answer(path: str, recipient: str) -> bytes:
                 break
             data += chunk
     return data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
-    out = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 def stat_json(cfg: Path) -> dict[str, int]:
