@@ -269,3 +269,10 @@ def start_service(
         log_path=log_dir / f"{label}.stderr.log",
     )
     return service.start()
+
+
+def start_supervisor(cfg: ServiceConfig, log_path: Path) -> ServiceProcess:
+    """`postwarden run -c cfg`, started and ready (its policyd answers)."""
+    return ServiceProcess(
+        [*postwarden_argv(), "run", "-c", str(cfg.path)], cfg.socket("policyd"), log_path
+    ).start()

@@ -24,7 +24,7 @@ from tests.fixtures.dnsserver import DnsServer
 from tests.harness.metrics import scrape, total
 from tests.harness.ports import free_port, wait_for_unix_socket
 from tests.harness.postfix import PostfixInstance, Xclient, make_message
-from tests.harness.services import ServiceProcess, postwarden_argv, write_config
+from tests.harness.services import postwarden_argv, start_supervisor, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -69,11 +69,7 @@ def test_one_endpoint_counts_the_traffic_and_feeds_every_dashboard_query(
                 },
             },
         )
-        supervisor = ServiceProcess(
-            [*postwarden_argv(), "run", "-c", str(cfg.path)],
-            cfg.socket("policyd"),
-            tmp_path / "run.log",
-        ).start()
+        supervisor = start_supervisor(cfg, tmp_path / "run.log")
         try:
             wait_for_unix_socket(Path(cfg.socket("noop").removeprefix("unix:")), 30)
             postfix = postfix_factory(
@@ -142,11 +138,7 @@ def test_bayes_statistics_reach_the_endpoint_and_the_dashboard(
         input=make_message(subject="cheap pills"), capture_output=True, check=True,
     )  # fmt: skip
     assert json.loads(learned.stdout)["learned"] == 1
-    supervisor = ServiceProcess(
-        [*postwarden_argv(), "run", "-c", str(cfg.path)],
-        cfg.socket("policyd"),
-        tmp_path / "run.log",
-    ).start()
+    supervisor = start_supervisor(cfg, tmp_path / "run.log")
     try:
         samples = scrape(port)
     finally:

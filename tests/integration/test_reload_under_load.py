@@ -14,7 +14,7 @@ import pytest
 from milters.noop import HEADER as NOOP_HEADER
 from tests.harness.ports import wait_for_unix_socket
 from tests.harness.postfix import PostfixInstance, SmtpResult, Xclient
-from tests.harness.services import ServiceConfig, ServiceProcess, postwarden_argv
+from tests.harness.services import ServiceConfig, start_supervisor
 from tests.harness.sink import SmtpSink
 
 pytestmark = pytest.mark.integration
@@ -30,11 +30,7 @@ def test_sighup_while_mail_flows_loses_nothing(
     tmp_path: Path,
 ) -> None:
     cfg = postwarden_config(milters=("noop",), checks=("access",))
-    supervisor = ServiceProcess(
-        [*postwarden_argv(), "run", "-c", str(cfg.path)],
-        cfg.socket("policyd"),
-        tmp_path / "run.log",
-    ).start()
+    supervisor = start_supervisor(cfg, tmp_path / "run.log")
     try:
         wait_for_unix_socket(Path(cfg.socket("noop").removeprefix("unix:")), 30)
         postfix = postfix_factory(
