@@ -25,7 +25,9 @@ import datetime
 import email.utils
 import logging
 import re
+import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dkim
@@ -44,7 +46,9 @@ from postwarden.config.schema import Settings
 from postwarden.config.sections.dkim import DkimMilterSettings, DmarcEnforcement
 from postwarden.config.units import Network
 from postwarden.dkim_keys import KeyFileError
+from postwarden.errors import StoreUnavailable
 from postwarden.replies import DMARC_REJECT
+from postwarden.store.client import Store, unavailable_on_error
 
 log = logging.getLogger("postwarden.milter.dkim")
 
@@ -82,14 +86,17 @@ class DkimEngine:
         keys: KeyTable,
         records: KeyRecords,
         spf_receiver: str = "",
+        store: Callable[[], Store] | None = None,
     ) -> None:
         self.spf_receiver = spf_receiver
+        self.store = store  # Redis, opened on first use (the service's)
         self.settings = settings
         self.trusted = trusted
         self.keys = keys
         self.records = records
         self.authserv_id = settings.authserv_id or socket.getfqdn()
         self.limits = VerifyLimits(settings.max_signatures, settings.min_key_bits)
+        self._sample_salt: bytes | None = None  # DMARC pct= sampling key, from Redis
 
     # -- the decision ------------------------------------------------------
     def origin(self, env: Envelope) -> str:
@@ -161,7 +168,7 @@ class DkimEngine:
         if self.settings.dmarc:
             dm = self._dmarc(msg, env, results, ctx)
             if dm is not None:
-                action, note = self._enforce(dm, arc_result, dmarc.sample_key(msg))
+                action, note = self._enforce(dm, arc_result, msg)
                 clauses.append(authres.dmarc_clause(dm, note))
                 details["dmarc"] = dm.result
                 ctx.stats.add(f"milter.dkim.dmarc_{dm.result}")
@@ -243,24 +250,48 @@ class DkimEngine:
         return dmarc.evaluate(domain, results, spf, txt)
 
     def _enforce(
-        self, dm: dmarc.DmarcResult, arc_result: arc.ArcResult | None, sample_key: bytes
+        self,
+        dm: dmarc.DmarcResult,
+        arc_result: arc.ArcResult | None,
+        msg: Message,
     ) -> tuple[Action, str]:
         """(action, disposition) for a DMARC result (RFC 7489 section 6.6.4)."""
-        requested = dm.requested
-        if dm.policy is not None and not dmarc.sampled(dm.policy.pct, sample_key):
-            requested = dmarc.NEXT_LOWER[requested]  # outside the pct= share
-        if dm.result != "fail" or requested == "none":
+        if dm.result != "fail" or dm.requested == "none" or dm.policy is None:
             return Action.ACCEPT, "none"
         if self.settings.dmarc_enforcement is not DmarcEnforcement.ENFORCE:
             return Action.ACCEPT, "none"
         trusted = {d.lower() for d in self.settings.trusted_arc_sealers}
         if arc_result is not None and arc_result.result == "pass" and arc_result.sealer in trusted:
             return Action.ACCEPT, "none"  # a trusted forwarder vouched for it (RFC 8617 7.2)
+        requested = dm.requested
+        if dm.policy.pct < 100 and not self._in_share(dm.policy.pct, msg):
+            requested = dmarc.NEXT_LOWER[requested]  # outside the pct= share
         if requested == "reject":
             return Action.REJECT, "reject"
+        if requested == "none":
+            return Action.ACCEPT, "none"
         if self.settings.dmarc_quarantine_hold:
             return Action.QUARANTINE, "quarantine"
         return Action.ACCEPT, "quarantine"
+
+    def _in_share(self, pct: int, msg: Message) -> bool:
+        """Whether this message gets the policy itself under pct=. Without
+        Redis (no secret) it does not: the RFC says MUST NOT enact the policy
+        on more than pct % of the mail, so the next-lower one is the safe side."""
+        if self._sample_salt is None:
+            try:
+                if self.store is None:
+                    raise StoreUnavailable("no Redis configured")
+                with unavailable_on_error():
+                    store = self.store()
+                    key = store.keys.secret("dmarc_sample")
+                    store.redis.set(key, secrets.token_hex(32), nx=True)
+                    value = store.redis.get(key)
+            except StoreUnavailable:
+                log.warning("DMARC pct=%d: Redis unavailable, next-lower policy applied", pct)
+                return False
+            self._sample_salt = value if isinstance(value, bytes) else str(value).encode()
+        return dmarc.sampled(pct, dmarc.sample_key(msg), self._sample_salt)
 
     # -- signing -----------------------------------------------------------
     def sign(self, msg: Message, ctx: MessageContext) -> SignOutcome:
@@ -358,7 +389,10 @@ def build_from(settings: Settings, ctx: ServiceContext) -> DkimEngine | None:
         float(settings.dns.timeout),
         float(s.key_cache_ttl),
     )
-    return DkimEngine(s, settings.trusted_networks, keys, records, settings.policyd.spf.receiver)
+    return DkimEngine(
+        s, settings.trusted_networks, keys, records, settings.policyd.spf.receiver,
+        lambda: ctx.store,
+    )  # fmt: skip
 
 
 MILTER = MilterSpec(

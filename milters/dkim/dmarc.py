@@ -21,7 +21,8 @@ The policy used is `sp=` for a subdomain of the organisational domain whose
 record was found at the organisational domain, else `p=`. With `pct=` below
 100 only that share of failing mail gets it, the rest the next-lower policy
 (section 6.6.4); which messages are in the share is decided from the
-message itself, so `postwarden scan` and Postfix agree.
+message itself keyed by a secret kept in Redis, so `postwarden scan` and
+Postfix agree and a sender cannot pick its way out of the share.
 """
 
 from __future__ import annotations
@@ -172,15 +173,17 @@ class DmarcResult:
 NEXT_LOWER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
 
-def sampled(pct: int, key: bytes) -> bool:
+def sampled(pct: int, key: bytes, salt: bytes) -> bool:
     """Whether a message falls in a policy's pct= share (RFC 7489 section
-    6.6.4). The RFC asks for a random sample; a digest of the message's own
-    identity samples just as evenly and gives the same answer every time
-    the same message is judged."""
+    6.6.4). The RFC asks for a random sample; a keyed digest of the message's
+    identity samples just as evenly, gives the same answer every time the
+    same message is judged (Postfix, a retry, `postwarden scan`), and, keyed
+    by this installation's secret, cannot be steered by a sender choosing
+    its Message-ID."""
     if pct >= 100:
         return True
-    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
-    return h % 100 < pct
+    h = hashlib.blake2b(key, digest_size=8, key=salt[:64]).digest()
+    return int.from_bytes(h, "big") % 100 < pct
 
 
 def sample_key(msg: Message) -> bytes:

@@ -90,6 +90,11 @@ class Keys:
     def dnsbl_answer(self, qname: str) -> str:
         return f"{self.prefix}dnsbl:v1:{digest(qname.lower())}"
 
+    # -- per-installation secrets (random, made once with SET NX, no TTL): e.g.
+    # what places a message in a DMARC pct= sample (milters/dkim/dmarc.py)
+    def secret(self, name: str) -> str:
+        return f"{self.prefix}secret:v1:{name}"
+
     # -- counters for `postwarden stat`; STAT_TTL
     def stat(self, name: str) -> str:
         return f"{self.prefix}stat:{name}"

@@ -49,6 +49,7 @@ ZONE: Zone = {
     "_dmarc.strict.sender.example": [("TXT", "v=DMARC1; p=reject; adkim=s; aspf=s")],
     "_dmarc.pct0.example": [("TXT", "v=DMARC1; p=reject; pct=0")],
     "_dmarc.pct100.example": [("TXT", "v=DMARC1; p=reject; pct=100")],
+    "_dmarc.pct50.example": [("TXT", "v=DMARC1; p=reject; pct=50")],
 }
 
 MESSAGE = (
@@ -684,8 +685,35 @@ def test_dmarc_pct_outside_the_share_gets_the_next_lower_policy(
     assert verdict.action is action
 
 
-def test_dmarc_pct_share_is_the_same_each_time_a_message_is_judged() -> None:
+def test_dmarc_pct_share_is_stable_but_keyed_by_the_installation_secret() -> None:
     keys = [f"<{n}@pct.example>".encode() for n in range(2000)]
-    share = [dmarc.sampled(30, k) for k in keys]
-    assert share == [dmarc.sampled(30, k) for k in keys]  # scan agrees with Postfix
-    assert 0.25 < sum(share) / len(share) < 0.35  # and it samples about pct %
+    share = [dmarc.sampled(30, k, b"secret one") for k in keys]
+    # The same message gets the same answer (Postfix, a retry, scan)...
+    assert share == [dmarc.sampled(30, k, b"secret one") for k in keys]
+    assert 0.25 < sum(share) / len(share) < 0.35  # ...about pct % are in
+    # ...and which ones depends on a secret a sender cannot know, so it
+    # cannot pick a Message-ID that lands outside the share
+    other = [dmarc.sampled(30, k, b"secret two") for k in keys]
+    assert share != other
+
+
+def test_dmarc_pct_share_is_the_same_for_every_process_on_one_redis(
+    make_engine: Make, store: Store
+) -> None:
+    raws = [_from("pct50.example").replace(b"<1@", f"<{n}@".encode()) for n in range(40)]
+    first = [run(make_engine(extra=ENFORCE), r, INBOUND).action for r in raws]
+    again = [run(make_engine(extra=ENFORCE), r, INBOUND).action for r in raws]
+    assert first == again  # a second engine (another milter, scan) reads the same secret
+    assert {Action.REJECT, Action.QUARANTINE} == set(first)
+    assert len(list(store.redis.scan_iter(match=store.keys.secret("*")))) == 1
+
+
+@pytest.mark.expect_log("WARNING", "next-lower policy applied")
+def test_dmarc_pct_without_redis_never_exceeds_the_share(make_engine: Make) -> None:
+    def no_redis(_settings: Settings) -> Store:
+        raise StoreUnavailable("redis unavailable: connection refused")
+
+    # RFC 7489 6.6.4: MUST NOT enact the policy on more than pct %
+    engine = make_engine(extra=ENFORCE, store_factory=no_redis)
+    verdict = run(engine, _from("pct50.example"), INBOUND)
+    assert verdict.action is Action.QUARANTINE
