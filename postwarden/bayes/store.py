@@ -11,11 +11,11 @@ tail of one-off words goes by itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from postwarden.config.sections.bayes import BayesSettings
+from postwarden.config.sections.bayes import BayesSettings, CombineMethod
 from postwarden.store.client import Store, unavailable_on_error
 from postwarden.store.keys import STAT_TTL, digest
 
@@ -46,6 +46,19 @@ class TokenCounts:
     spam_learns: int
     ham_learns: int
     counts: list[tuple[int, int]]
+    # The linear model's bias and the weights of these tokens (0.0 for a
+    # token the model does not know); bias None while no model is fitted.
+    bias: float | None = None
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the live model was fitted from, and when."""
+
+    messages: int
+    changes: int  # the state's change count it was fitted at
+    fitted_at: float  # unix time
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +67,21 @@ class LearnRequest:
     message_digest: str
     token_ids: Sequence[str]
     action: str  # "spam" | "ham" | "forget"
+
+
+def pack_ids(token_ids: Sequence[str]) -> bytes:
+    """Token ids (16 hex digits each) as 8 bytes each: half the memory."""
+    return bytes.fromhex("".join(token_ids))
+
+
+def unpack_ids(packed: bytes) -> list[str]:
+    return [packed[i : i + 8].hex() for i in range(0, len(packed) - len(packed) % 8, 8)]
+
+
+def _float(v: object) -> float | None:
+    if isinstance(v, bytes):
+        v = v.decode()
+    return float(v) if isinstance(v, str) and v else None
 
 
 class BayesStore:
@@ -66,12 +94,17 @@ class BayesStore:
         keys = self.store.keys
         reply = self.store.run(
             "bayes_classify",
-            [keys.bayes_state(scope), *(keys.bayes_token(scope, t) for t in token_ids)],
-            [],
+            [
+                keys.bayes_state(scope),
+                keys.bayes_model(scope),
+                *(keys.bayes_token(scope, t) for t in token_ids),
+            ],
+            list(token_ids),
         )
-        values = [int(v) for v in reply]
-        pairs = [(values[i], values[i + 1]) for i in range(2, len(values), 2)]
-        return TokenCounts(values[0], values[1], pairs)
+        bias = _float(reply[2])
+        pairs = [(int(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 3)]
+        weights = [_float(reply[i + 2]) or 0.0 for i in range(3, len(reply), 3)]
+        return TokenCounts(int(reply[0]), int(reply[1]), pairs, bias, weights)
 
     def learn(self, requests: Sequence[LearnRequest]) -> list[str]:
         """Apply learn/forget requests, LEARN_BATCH per round trip; one
@@ -79,6 +112,9 @@ class BayesStore:
         keys = self.store.keys
         s = self.settings
         script = self.store.scripts["bayes_learn"]
+        # Only the svm model is fitted from the messages' tokens: with chi2
+        # they would cost Redis memory (about 2 KB a message) for nothing.
+        keep_docs = s.method == CombineMethod.SVM
         out: list[str] = []
         for start in range(0, len(requests), LEARN_BATCH):
             batch = requests[start : start + LEARN_BATCH]
@@ -89,6 +125,7 @@ class BayesStore:
                         keys=[
                             keys.bayes_state(r.scope),
                             keys.bayes_learned(r.scope, r.message_digest),
+                            keys.bayes_doc(r.scope, r.message_digest),
                             *(keys.bayes_token(r.scope, t) for t in r.token_ids),
                         ],
                         args=[
@@ -98,6 +135,7 @@ class BayesStore:
                             int(s.learned_ttl),
                             s.max_tokens,
                             STAT_TTL,
+                            pack_ids(r.token_ids) if keep_docs else b"",
                         ],
                         client=pipe,
                     )
@@ -126,3 +164,71 @@ class BayesStore:
             )
             self.store.redis.hset(keys.bayes_state(scope), "tokens", n)
         return n
+
+    # -- the linear model (postwarden/bayes/model.py, refit.py) ---------------
+
+    def changes(self, scope: str) -> int:
+        """How many learn/relearn/forget changes the scope has seen."""
+        with unavailable_on_error():
+            v = self.store.redis.hget(self.store.keys.bayes_state(scope), "changes")
+        return int(v) if v is not None else 0
+
+    def learned_docs(self, scope: str) -> Iterator[tuple[bool, list[str]]]:
+        """(is_spam, token ids) of every message still remembered, read in
+        batches (SCAN, then MGET within the scope's one slot)."""
+        keys = self.store.keys
+        r = self.store.redis
+        with unavailable_on_error():
+            batch: list[bytes] = []
+            for key in r.scan_iter(match=keys.bayes_pattern(scope, "d"), count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    yield from _decode_docs(r.mget(batch))
+                    batch = []
+            if batch:
+                yield from _decode_docs(r.mget(batch))
+
+    def model_info(self, scope: str) -> ModelInfo | None:
+        with unavailable_on_error():
+            raw = self.store.redis.hmget(
+                self.store.keys.bayes_model(scope), ["@messages", "@changes", "@at"]
+            )
+        if raw[0] is None:
+            return None
+        return ModelInfo(int(raw[0]), int(raw[1] or 0), float(raw[2] or 0.0))
+
+    def save_model(
+        self, scope: str, bias: float, weights: dict[str, float], info: ModelInfo
+    ) -> None:
+        """Write the model to the staging hash, then rename it over the live
+        one: classifying sees the old model or the new, never a mix."""
+        keys = self.store.keys
+        live, staging = keys.bayes_model(scope), keys.bayes_model_staging(scope)
+        items = list(weights.items())
+        with unavailable_on_error():
+            r = self.store.redis
+            r.delete(staging)
+            for start in range(0, len(items), 5000):
+                chunk = {t: f"{w:.6g}" for t, w in items[start : start + 5000]}
+                r.hset(staging, mapping=chunk)
+            meta = {"bias": f"{bias:.6g}", "@messages": info.messages,
+                    "@changes": info.changes, "@at": f"{info.fitted_at:.0f}"}  # fmt: skip
+            r.hset(staging, mapping=meta)
+            r.expire(staging, int(self.settings.learned_ttl))
+            r.rename(staging, live)
+
+    def fit_lock(self, scope: str, seconds: int) -> bool:
+        """Take the scope's fit lock (one refit at a time); False if held."""
+        with unavailable_on_error():
+            key = self.store.keys.bayes_fit_lock(scope)
+            return bool(self.store.redis.set(key, "1", nx=True, ex=seconds))
+
+    def release_fit_lock(self, scope: str) -> None:
+        with unavailable_on_error():
+            self.store.redis.delete(self.store.keys.bayes_fit_lock(scope))
+
+
+def _decode_docs(values: list[bytes | None]) -> Iterator[tuple[bool, list[str]]]:
+    for v in values:
+        if v:  # expired between SCAN and MGET: gone, as it should be
+            yield v[:1] == b"s", unpack_ids(v[1:])

@@ -10,9 +10,12 @@ EX_CONFIG (78) for a bad config.
 
 `--user` picks the user's own statistics when `milters.spam.bayes.per_user`
 is on (contrib/dovecot passes Dovecot's authenticated user name); with
-global statistics it changes nothing. `learn upkeep` recounts the token
-hashes left after rare tokens expired (the number the `max_tokens` cap
-compares against).
+global statistics it changes nothing. After a run that changed the
+statistics, the svm model is refitted when due (postwarden/bayes/refit.py:
+at once after 50 changes or with no model yet, else at most every
+`refit_interval`). `learn upkeep` recounts the token hashes left after rare
+tokens expired (the number the `max_tokens` cap compares against) and
+refits the model if anything was learned since its fit.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import click
 import redis
 
 from postwarden.bayes import learning
+from postwarden.bayes.refit import RefitOutcome, refit
 from postwarden.bayes.sources import iter_paths
 from postwarden.bayes.store import BayesStore, scope_for
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.config.schema import Settings
+from postwarden.config.sections.bayes import CombineMethod
 from postwarden.errors import StoreUnavailable
 from postwarden.store.client import Store, open_configured_store
 
@@ -66,10 +71,12 @@ def _run(
             last[0] = s.seen
             click.echo(f"\r{s.seen} messages ...", err=True, nl=False)
 
+    outcome: RefitOutcome | None = None
     try:
         summary = learning.learn(
             bstore, scope, action, iter_paths(list(paths), sys.stdin.buffer), progress
         )
+        outcome = _refit(bstore, scope, summary.learned + summary.relearned + summary.forgotten)
     except StoreUnavailable as exc:
         click.echo(f"postwarden learn: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
@@ -83,11 +90,29 @@ def _run(
     if show_progress and last[0]:
         click.echo("", err=True)
     if as_json:
-        click.echo(json.dumps(summary.as_dict(), sort_keys=True))
+        out = summary.as_dict()
+        out["model"] = outcome.status if outcome else None
+        click.echo(json.dumps(out, sort_keys=True))
     elif not quiet or summary.skipped:
         _print_summary(summary)
+        if outcome is not None and outcome.status == "fitted":
+            click.echo(outcome.describe())
     if summary.skipped:
         sys.exit(EX_DATAERR)
+
+
+def _refit(bstore: BayesStore, scope: str, changed: int) -> RefitOutcome | None:
+    """Refit the svm model after a run that changed something (refit.py
+    says when it is due). Learning stands if the refit cannot run: a Redis
+    ACL user without the refit's rights (contrib/dovecot/README.md) leaves
+    it to the next `learn` or `learn upkeep` that has them."""
+    if bstore.settings.method != CombineMethod.SVM or changed == 0:
+        return None
+    try:
+        return refit(bstore, scope, changed_now=changed)
+    except redis.exceptions.NoPermissionError as exc:
+        click.echo(f"postwarden learn: model not refitted, redis refused: {exc}", err=True)
+        return RefitOutcome("refused")
 
 
 def _print_summary(s: learning.LearnSummary) -> None:
@@ -128,15 +153,23 @@ learn.add_command(_command("forget", "Take back what was learned from PATH..."))
 @config_option
 @click.option("--user", default=None, metavar="NAME")
 def upkeep(config_file: str | None, user: str | None) -> None:
-    """Recount the token hashes left after rare tokens expired."""
+    """Recount the token hashes left after rare tokens expired, and refit
+    the svm model if anything was learned since its fit."""
     _, settings = load_or_exit(config_file)
     bayes = settings.milters.spam.bayes
     store = _store(settings)
+    outcome = None
     try:
-        n = BayesStore(store, bayes).recount(scope_for(bayes, user))
+        bstore = BayesStore(store, bayes)
+        scope = scope_for(bayes, user)
+        n = bstore.recount(scope)
+        if bayes.method == CombineMethod.SVM:
+            outcome = refit(bstore, scope, force=True)
     except StoreUnavailable as exc:
         click.echo(f"postwarden learn: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
     finally:
         store.close()
     click.echo(f"{n} tokens (cap {bayes.max_tokens})")
+    if outcome is not None:
+        click.echo(outcome.describe())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
+from postwarden.config.sections.bayes import CombineMethod
 from postwarden.errors import StoreUnavailable
 from postwarden.stats import milter_action_shares
 from postwarden.store.client import open_configured_store, unavailable_on_error
@@ -32,7 +34,10 @@ def stat(config_file: str | None, as_json: bool) -> None:
             keys = sorted(store.redis.scan_iter(match=store.keys.stat_pattern(), count=1000))
             values = store.redis.mget(keys) if keys else []
         bayes_settings = settings.milters.spam.bayes
-        bayes = BayesStore(store, bayes_settings).state(GLOBAL_SCOPE)
+        bstore = BayesStore(store, bayes_settings)
+        bayes = bstore.state(GLOBAL_SCOPE)
+        model = bstore.model_info(GLOBAL_SCOPE)
+        stale = model is not None and model.changes != bstore.changes(GLOBAL_SCOPE)
     except StoreUnavailable as exc:
         click.echo(f"postwarden stat: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
@@ -49,6 +54,10 @@ def stat(config_file: str | None, as_json: bool) -> None:
         counters["bayes_learned_ham"] = bayes.ham
         counters["bayes_tokens"] = bayes.tokens
         counters["bayes_active"] = int(active and bayes_settings.enabled)
+        if model is not None:
+            counters["bayes_model_messages"] = model.messages
+            counters["bayes_model_fitted_at"] = int(model.fitted_at)
+            counters["bayes_model_stale"] = int(stale)
         click.echo(json.dumps(counters, sort_keys=True))
         return
     if not counters:
@@ -72,6 +81,14 @@ def stat(config_file: str | None, as_json: bool) -> None:
         state += f"; autolearn on (spam at {auto.spam_score:g}, ham at {auto.ham_score:g})"
     elif bayes_settings.enabled:
         state += "; autolearn off"
+    if bayes_settings.enabled and bayes_settings.method == CombineMethod.SVM:
+        if model is None:
+            state += "; svm model not fitted yet (chi2 judges)"
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(model.fitted_at))
+            state += f"; svm model fitted {when} from {model.messages} messages"
+            if stale:
+                state += ", learned more since (refitted by the next learn or learn upkeep)"
     click.echo(f"bayes (global): learned {bayes.spam} spam, {bayes.ham} ham, "
                f"{bayes.tokens} tokens; {state}")  # fmt: skip
 

@@ -76,8 +76,25 @@ class Keys:
         return f"{self.prefix}bayes:v1:{{{scope}}}:m:{message_digest}"
 
     def bayes_pattern(self, scope: str, kind: str) -> str:
-        """SCAN pattern of one scope's "t" (token) or "m" (message) keys."""
+        """SCAN pattern of one scope's "t" (token), "m" (message) or "d"
+        (learned message's tokens) keys."""
         return f"{self.prefix}bayes:v1:{{{scope}}}:{kind}:*"
+
+    # The linear model (postwarden/bayes/model.py) is fitted from the learned
+    # messages' token ids, kept as long as their class (learned_ttl); it is
+    # written to a staging hash and renamed over the live one, so a reader
+    # sees the old model or the new one, never half of each.
+    def bayes_doc(self, scope: str, message_digest: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:d:{message_digest}"
+
+    def bayes_model(self, scope: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:model"
+
+    def bayes_model_staging(self, scope: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:model-staging"
+
+    def bayes_fit_lock(self, scope: str) -> str:
+        return f"{self.prefix}bayes:v1:{{{scope}}}:fit-lock"
 
     # -- DKIM key records (milters/dkim/records.py): the TXT record text of
     # <selector>._domainkey.<domain>; TTL the record's own, at most

@@ -6,6 +6,7 @@ Bayes keys only."""
 from __future__ import annotations
 
 import imaplib
+import json
 import os
 import re
 import shutil
@@ -40,7 +41,7 @@ def work() -> Iterator[Path]:
 def learn_redis(work: Path) -> Iterator[EmbeddedRedis]:
     """A redis-server whose socket the unprivileged mail user can open, with
     a `pwlearn` ACL user limited to the Bayes keys and the commands the learn
-    script runs."""
+    script and the model refit run (contrib/dovecot/README.md)."""
     server = EmbeddedRedis(work / "redis", persist=False)
     server.start()
     os.chmod(server.socket, 0o777)
@@ -51,6 +52,7 @@ def learn_redis(work: Path) -> Iterator[EmbeddedRedis]:
         f"~{PREFIX}bayes:*", "resetchannels", "-@all",
         "+evalsha", "+eval", "+script|load", "+script|exists", "+ping", "+hello",
         "+hincrby", "+hdel", "+hget", "+hmget", "+exists", "+expire", "+get", "+set", "+del",
+        "+scan", "+mget", "+hset", "+rename",
     )  # fmt: skip
     admin.close()
     yield server
@@ -154,6 +156,29 @@ def test_the_learn_credentials_reach_only_bayes_keys(learn_redis: EmbeddedRedis)
             client.keys("*")
     finally:
         client.close()
+
+
+def test_the_learn_credentials_can_refit_the_model(
+    tmp_path: Path, learn_redis: EmbeddedRedis
+) -> None:
+    cfg = tmp_path / "learn.yaml"
+    cfg.write_text(
+        f'redis: {{url: "unix://pwlearn:{ACL_PASSWORD}@{learn_redis.socket}", '
+        f'prefix: "{PREFIX}"}}\n'
+        "milters: {spam: {bayes: {min_learns: 2, method: svm}}}\n"
+    )
+    postwarden = str(REPO / ".venv" / "bin" / "postwarden")
+    for n, cls in enumerate(("spam", "spam", "ham", "ham")):
+        out = subprocess.run([postwarden, "learn", cls, "-c", str(cfg), "--json", "-"],
+                             input=_message(n), capture_output=True, check=False)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["model"] == "fitted", out.stderr
+    store: Store = open_store(RedisSettings(prefix=PREFIX), learn_redis.socket)
+    try:
+        info = BayesStore(store, BayesSettings()).model_info(GLOBAL_SCOPE)
+        assert info is not None and info.messages == 4
+    finally:
+        store.close()
 
 
 def test_learn_wrapper_refuses_other_verbs(tmp_path: Path) -> None:

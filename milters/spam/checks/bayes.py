@@ -37,7 +37,9 @@ def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
         return None
 
     def bayes(view: MessageView, cctx: CheckContext) -> Iterator[SymbolHit]:
-        """Robinson/Fisher chi-square over the message's tokens (postwarden/bayes)."""
+        """What the learned statistics say of the message's tokens: chi-square
+        of their counts, or with method svm the fitted model's margin
+        (postwarden/bayes/classifier.py)."""
         rcpts = view.env.recipients
         scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
         r = classify(BayesStore(cctx.message.store, b), b, view.mime, scope)

@@ -19,11 +19,15 @@ class CombineMethod(StrEnum):
     """How token probabilities become one (postwarden/bayes/combine.py).
 
     chi2: Robinson's smoothing and Fisher's inverse chi-square (SpamBayes,
-    SpamAssassin); naive: the naive-Bayes log-likelihood sum.
+    SpamAssassin); naive: the naive-Bayes log-likelihood sum; svm: a linear
+    support vector machine fitted from the learned messages
+    (postwarden/bayes/model.py; `postwarden learn` refits it), chi2 until
+    the first fit.
     """
 
     CHI2 = "chi2"
     NAIVE = "naive"
+    SVM = "svm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,9 @@ class BayesSettings:
     enabled: bool = setting(True)
     min_learns: int = setting(200, min=1, doc="spam AND ham messages learned before use")
     method: CombineMethod = setting(CombineMethod.CHI2)
+    refit_interval: Duration = setting(
+        Duration(600.0), min=0, doc="a learn refits the svm model at most this often"
+    )
     spam_probability: float = setting(
         0.5, min=0.5, max=1.0, doc="BAYES_SPAM at or above this probability"
     )

@@ -167,3 +167,35 @@ def test_stat_shows_learned_counts_and_whether_bayes_is_active(
     data = json.loads(out.output)
     got = (data["bayes_learned_spam"], data["bayes_learned_ham"], data["bayes_active"])
     assert got == (2, 2, 1)
+
+
+def test_learn_fits_the_svm_model_and_upkeep_and_stat_follow_it(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    cfg = config(tmp_path, redis_server, ", method: svm")
+    for kind in ("spam", "ham"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        for n in range(3):
+            (folder / f"{n}.eml").write_bytes(msg(n, kind))
+    # Spam alone is too few to fit from; with the ham there is no model yet,
+    # so the first run that can fit does.
+    assert learn(cfg, "spam", str(tmp_path / "spam"))[1]["model"] == "too few"
+    assert learn(cfg, "ham", str(tmp_path / "ham"))[1]["model"] == "fitted"
+    out = CliRunner().invoke(main, ["stat", "-c", cfg])
+    assert "svm model fitted" in out.output and "from 6 messages" in out.output
+
+    # One more message (a Junk move) waits for refit_interval...
+    assert learn(cfg, "spam", "-", stdin=msg(9))[1]["model"] == "not due"
+    data = json.loads(CliRunner().invoke(main, ["stat", "-c", cfg, "--json"]).output)
+    assert (data["bayes_model_messages"], data["bayes_model_stale"]) == (6, 1)
+    assert "learned more since" in CliRunner().invoke(main, ["stat", "-c", cfg]).output
+    # ...or for upkeep, which refits whatever changed.
+    up = CliRunner().invoke(main, ["learn", "upkeep", "-c", cfg])
+    assert up.exit_code == 0 and "model refitted from 7 messages" in up.output
+    up = CliRunner().invoke(main, ["learn", "upkeep", "-c", cfg])
+    assert "model current" in up.output
+
+    # With chi2 (the default) nothing is fitted.
+    chi2 = config(tmp_path, redis_server)
+    assert learn(chi2, "ham", "-", stdin=msg(9, "ham"))[1]["model"] is None
