@@ -7,7 +7,6 @@ import dataclasses
 
 import pytest
 
-from postwarden.bayes import learning
 from postwarden.bayes.classifier import (
     OPERATING_POINT,
     classify,
@@ -16,12 +15,12 @@ from postwarden.bayes.classifier import (
 )
 from postwarden.bayes.model import fit
 from postwarden.bayes.refit import REFIT_BATCH, refit
-from postwarden.bayes.sources import Found
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
 from postwarden.bayes.tokens import parse
-from postwarden.config.sections.bayes import BayesSettings, CombineMethod
+from postwarden.config.sections.bayes import CombineMethod
 from postwarden.store.client import Store
-from tests.unit.postwarden.test_bayes import ham, spam
+from tests.unit.postwarden.test_bayes import bayes as chi2_default_bayes
+from tests.unit.postwarden.test_bayes import ham, learn, spam
 
 
 def docs(n: int) -> list[tuple[bool, list[str]]]:
@@ -53,14 +52,8 @@ def test_fit_needs_both_classes() -> None:
 
 
 def bayes(store: Store, **kw: object) -> BayesStore:
-    svm = {"method": CombineMethod.SVM, **kw}
-    settings = dataclasses.replace(BayesSettings(), **svm)  # type: ignore[arg-type]
-    return BayesStore(store, settings)
-
-
-def learn(bs: BayesStore, action: str, *raws: bytes) -> learning.LearnSummary:
-    items = [Found(f"m{n}", r) for n, r in enumerate(raws)]
-    return learning.learn(bs, GLOBAL_SCOPE, action, items)
+    """Statistics with method svm unless told otherwise."""
+    return chi2_default_bayes(store, **{"method": CombineMethod.SVM, **kw})
 
 
 def test_each_learned_message_keeps_its_tokens_until_forgotten(store: Store) -> None:
