@@ -86,6 +86,28 @@ def test_units_are_hardened_notify_services_reloaded_by_sighup(name: str) -> Non
     assert service["StateDirectory"] == "postwarden"
 
 
+UPKEEP = ("postwarden-bayes-upkeep.service", "postwarden-bayes-upkeep.timer")
+
+
+def test_the_bayes_upkeep_timer_runs_learn_upkeep_hourly_as_the_service_user(
+    tmp_path: Path,
+) -> None:
+    script = REPO / ".venv" / "bin" / "postwarden"
+    units = []
+    for name in UPKEEP:
+        text = (DEPLOY / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/postwarden", str(script)))
+        units.append(str(tmp_path / name))
+    done = subprocess.run([tool("systemd-analyze"), "verify", *units],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    service = unit(UPKEEP[0])["Service"]
+    assert service["ExecStart"] == "/usr/local/bin/postwarden learn upkeep"
+    assert (service["Type"], service["User"]) == ("oneshot", "postwarden")
+    assert service["CapabilityBoundingSet"] == "" and service["NoNewPrivileges"] == "yes"
+    assert unit(UPKEEP[1])["Timer"]["OnCalendar"] == "hourly"
+
+
 def test_the_supervisor_unit_has_a_watchdog() -> None:
     assert unit("postwarden.service")["Service"]["WatchdogSec"] == "30s"
 
