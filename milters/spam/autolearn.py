@@ -16,11 +16,10 @@ per-user statistics its recipients are not our users).
 
 from __future__ import annotations
 
-import email.message
 from collections.abc import Sequence
 
 from milters.message import Symbol
-from postwarden.bayes.classifier import message_digest, token_ids
+from postwarden.bayes.classifier import message_digest
 from postwarden.bayes.store import BayesStore, LearnRequest
 from postwarden.config.sections.bayes import AutolearnSettings
 from postwarden.config.sections.spam import SpamMilterSettings
@@ -50,12 +49,11 @@ def decide(settings: AutolearnSettings, symbols: Sequence[Symbol]) -> str | None
     return None
 
 
-def teach(store: BayesStore, scope: str, raw: bytes, mime: email.message.Message,
-          cls: str) -> str:  # fmt: skip
-    """Learn one message as `cls` unless it was learned before; the store's
-    outcome ("learned", "known", "kept"), or "empty" for a message with no
-    tokens. Raises StoreUnavailable when Redis is away."""
-    tokens = token_ids(mime)
+def teach(store: BayesStore, scope: str, raw: bytes, tokens: Sequence[str], cls: str) -> str:
+    """Learn one message (its token ids, as classifier.token_ids gives them)
+    as `cls` unless it was learned before; the store's outcome ("learned",
+    "known", "kept"), or "empty" for a message with no tokens. Raises
+    StoreUnavailable when Redis is away."""
     if not tokens:
         return "empty"
     [outcome] = store.learn([LearnRequest(scope, message_digest(raw), tokens, "auto" + cls)])

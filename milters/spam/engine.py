@@ -201,7 +201,8 @@ class SpamEngine:
         scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
         raw = msg.header_bytes() + b"\r\n" + msg.body
         try:
-            outcome = autolearn.teach(BayesStore(ctx.store, b), scope, raw, view.mime, cls)
+            tokens = view.bayes_token_ids  # the Bayes check's, not tokenized again
+            outcome = autolearn.teach(BayesStore(ctx.store, b), scope, raw, tokens, cls)
         except StoreUnavailable:
             return [self.symbol(SymbolHit("STORE_UNAVAILABLE", ("autolearn",)))]
         except Exception:  # learning must never cost the verdict already made

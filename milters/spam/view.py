@@ -27,6 +27,7 @@ from milters.header_lines import decode_words, unfold
 from milters.html_text import TAG, html_to_text
 from milters.message import Envelope, Message
 from milters.spam.lists import header_addresses
+from postwarden.bayes.classifier import token_ids
 
 MAX_URLS = 1000
 """URLs kept per message; a body with 10,000 links is judged on the first 1,000."""
@@ -150,6 +151,12 @@ class MessageView:
         """The stdlib MIME tree of the scanned bytes (compat32: fast, lenient)."""
         raw = self.msg.header_bytes() + b"\r\n" + self.body
         return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+
+    @cached_property
+    def bayes_token_ids(self) -> list[str]:
+        """The Bayes token ids of `mime` (postwarden/bayes/classifier.py),
+        once per message: the Bayes check and autolearn share them."""
+        return token_ids(self.mime)
 
     @cached_property
     def content_types(self) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.message
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from postwarden.bayes.combine import CombineParams, combine
@@ -120,9 +121,13 @@ def token_ids(msg: email.message.Message) -> list[str]:
 
 
 def classify(
-    store: BayesStore, settings: BayesSettings, msg: email.message.Message, scope: str
+    store: BayesStore,
+    settings: BayesSettings,
+    msg: email.message.Message | Sequence[str],
+    scope: str,
 ) -> BayesResult:
-    ids = token_ids(msg)
+    """Judge a message (or its token_ids, when the caller has them already)."""
+    ids = token_ids(msg) if isinstance(msg, email.message.Message) else msg
     counts = store.counts(scope, ids)
     if counts.spam_learns < settings.min_learns or counts.ham_learns < settings.min_learns:
         return BayesResult(False, counts.spam_learns, counts.ham_learns)

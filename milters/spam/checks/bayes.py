@@ -42,7 +42,7 @@ def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
         (postwarden/bayes/classifier.py)."""
         rcpts = view.env.recipients
         scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
-        r = classify(BayesStore(cctx.message.store, b), b, view.mime, scope)
+        r = classify(BayesStore(cctx.message.store, b), b, view.bayes_token_ids, scope)
         if not r.active or r.probability is None:
             need = b.min_learns
             progress = (f"spam {min(r.spam_learns, need)}/{need}",

@@ -11,6 +11,7 @@ from milters.spam.checks.bayes import SYMBOLS as BAYES_SYMBOLS
 from postwarden.bayes import learning
 from postwarden.bayes.sources import Found
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
+from postwarden.bayes.tokens import tokenize_message
 from postwarden.config.errors import ConfigError
 from postwarden.config.schema import RedisSettings
 from postwarden.config.sections.bayes import BayesSettings
@@ -63,6 +64,22 @@ def test_autolearn_learns_spam_once_when_rules_alone_score_high(store: Store) ->
     again = scan(eng, svc, SPAMMY)
     assert "BAYES_AUTOLEARN_SPAM" not in names(again)  # remembered: learned once
     assert learned(store) == (1, 0)
+
+
+def test_autolearn_reuses_the_bayes_checks_tokens(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def counted(msg: Any, opts: Any) -> set[str]:
+        calls.append(1)
+        return tokenize_message(msg, opts)
+
+    monkeypatch.setattr("postwarden.bayes.classifier.tokenize_message", counted)
+    eng, svc = engine(autolearn(), store=store)
+    v = scan(eng, svc, SPAMMY)
+    assert "BAYES_AUTOLEARN_SPAM" in names(v) and "BAYES_INACTIVE" in names(v)
+    assert len(calls) == 1  # the Bayes check tokenized; autolearn did not again
 
 
 def test_autolearn_learns_ham_when_rules_alone_score_low(store: Store) -> None:
