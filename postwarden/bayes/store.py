@@ -99,11 +99,12 @@ class BayesStore:
                 keys.bayes_model(scope),
                 *(keys.bayes_token(scope, t) for t in token_ids),
             ],
-            list(token_ids),
+            [],
         )
+        numbers = [int(v) for v in reply[3].split()]
+        pairs = list(zip(numbers[0::2], numbers[1::2], strict=True))
         bias = _float(reply[2])
-        pairs = [(int(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 3)]
-        weights = [_float(reply[i + 2]) or 0.0 for i in range(3, len(reply), 3)]
+        weights = [float(v) for v in reply[4].split()] if bias is not None else []
         return TokenCounts(int(reply[0]), int(reply[1]), pairs, bias, weights)
 
     def learn(self, requests: Sequence[LearnRequest]) -> list[str]:
