@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Chosen by `bench/accuracy.py --tune-model` (TRAIN part only). C hardly
@@ -48,16 +48,16 @@ class LinearModel:
     """
 
     bias: float
-    weights: dict[Hashable, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
     messages: int = 0  # learned messages it was fitted from
 
-    def score(self, tokens: Sequence[Hashable]) -> float:
+    def score(self, tokens: Sequence[str]) -> float:
         w = self.weights
         return self.bias + sum(w.get(t, 0.0) for t in tokens)
 
 
 def fit(
-    docs: Sequence[tuple[bool, Sequence[Hashable]]],
+    docs: Sequence[tuple[bool, Sequence[str]]],
     c: float = C,
     epochs: int = EPOCHS,
     min_df: int = MIN_DF,
@@ -65,11 +65,14 @@ def fit(
     """Fit an L2-loss linear SVM to (is_spam, distinct tokens) pairs.
 
     Needs at least one message of each class (ValueError otherwise).
-    Deterministic: the epoch order comes from a fixed seed.
+    Deterministic: the same messages in any order give the same model (they
+    are sorted first: SCAN hands them over in Redis' hash-table order), and
+    the epoch order comes from a fixed seed.
     """
+    docs = sorted(docs, key=lambda d: (d[0], sorted(d[1])))
     if not any(spam for spam, _ in docs) or all(spam for spam, _ in docs):
         raise ValueError("a model needs spam and ham to learn from")
-    df: Counter[Hashable] = Counter()
+    df: Counter[str] = Counter()
     for _, toks in docs:
         df.update(toks)
     kept = [[t for t in toks if df[t] >= min_df] for _, toks in docs]
@@ -78,7 +81,7 @@ def fit(
     diag_extra = 1.0 / (2.0 * c)
     qii = [len(toks) + 1.0 + diag_extra for toks in kept]  # +1: the bias feature
     alpha = [0.0] * len(docs)
-    w: dict[Hashable, float] = {}
+    w: dict[str, float] = {}
     bias = 0.0
     order = list(range(len(docs)))
     rng = random.Random(SEED)
