@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from postwarden.config.sections.bayes import BayesSettings, CombineMethod
 from postwarden.store.client import Store, unavailable_on_error
 from postwarden.store.keys import STAT_TTL, digest
@@ -108,8 +110,10 @@ class BayesStore:
         return TokenCounts(int(reply[0]), int(reply[1]), pairs, bias, weights)
 
     def learn(self, requests: Sequence[LearnRequest]) -> list[str]:
-        """Apply learn/forget requests, LEARN_BATCH per round trip; one
-        outcome per request (see lua/bayes_learn.lua)."""
+        """Apply learn/forget requests of one scope, LEARN_BATCH per round
+        trip; one outcome per request (see lua/bayes_learn.lua)."""
+        if len({r.scope for r in requests}) > 1:
+            raise ValueError("one learn call, one scope (one Redis Cluster slot)")
         keys = self.store.keys
         s = self.settings
         script = self.store.scripts["bayes_learn"]
@@ -117,30 +121,42 @@ class BayesStore:
         # they would cost Redis memory (about 2 KB a message) for nothing.
         keep_docs = s.method == CombineMethod.SVM
         out: list[str] = []
+
+        def run(batch: Sequence[LearnRequest]) -> list[Any]:
+            pipe: Any = self.store.redis.pipeline(transaction=False)
+            for r in batch:
+                script(
+                    keys=[
+                        keys.bayes_state(r.scope),
+                        keys.bayes_learned(r.scope, r.message_digest),
+                        keys.bayes_doc(r.scope, r.message_digest),
+                        *(keys.bayes_token(r.scope, t) for t in r.token_ids),
+                    ],
+                    args=[
+                        r.action,
+                        int(s.token_ttl),
+                        int(s.rare_token_ttl),
+                        int(s.learned_ttl),
+                        s.max_tokens,
+                        STAT_TTL,
+                        pack_ids(r.token_ids) if keep_docs else b"",
+                    ],
+                    client=pipe,
+                )
+            return list(pipe.execute())
+
         for start in range(0, len(requests), LEARN_BATCH):
             batch = requests[start : start + LEARN_BATCH]
             with unavailable_on_error():
-                pipe: Any = self.store.redis.pipeline(transaction=False)
-                for r in batch:
-                    script(
-                        keys=[
-                            keys.bayes_state(r.scope),
-                            keys.bayes_learned(r.scope, r.message_digest),
-                            keys.bayes_doc(r.scope, r.message_digest),
-                            *(keys.bayes_token(r.scope, t) for t in r.token_ids),
-                        ],
-                        args=[
-                            r.action,
-                            int(s.token_ttl),
-                            int(s.rare_token_ttl),
-                            int(s.learned_ttl),
-                            s.max_tokens,
-                            STAT_TTL,
-                            pack_ids(r.token_ids) if keep_docs else b"",
-                        ],
-                        client=pipe,
-                    )
-                replies = pipe.execute()
+                try:
+                    replies = run(batch)
+                except redis.exceptions.NoScriptError:
+                    # A plain pipeline loads its scripts first; a Redis
+                    # Cluster pipeline does not. A batch is one scope, so
+                    # one slot and one node: every call in it failed alike
+                    # and none ran, so loading and running again is safe.
+                    self.store.redis.script_load(script.script)
+                    replies = run(batch)
             out.extend(r.decode() if isinstance(r, bytes) else str(r) for r in replies)
         return out
 

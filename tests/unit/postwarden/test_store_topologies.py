@@ -21,11 +21,19 @@ import redis
 from policyd.check import CheckContext
 from policyd.pipeline import build_pipeline, evaluate
 from policyd.protocol import PolicyRequest, RequestParser, encode_request
+from postwarden.bayes import learning
+from postwarden.bayes.classifier import classify
+from postwarden.bayes.refit import refit
+from postwarden.bayes.sources import Found
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
+from postwarden.bayes.tokens import parse
 from postwarden.clock import ManualClock
 from postwarden.config import ConfigProblem, load_config_text
 from postwarden.config.schema import RedisSettings, SentinelSettings
+from postwarden.config.sections.bayes import BayesSettings, CombineMethod
 from postwarden.config.units import RedisUrl
 from postwarden.store.client import open_async_store, open_store
+from tests.unit.postwarden.test_bayes import ham, spam
 
 
 def free_port_pair() -> int:
@@ -223,3 +231,19 @@ def test_sentinel_finds_the_master_for_sync_and_async_stores(
             await astore.close()
 
     assert asyncio.run(go()) == b"2"
+
+
+def test_cluster_learns_refits_and_classifies_with_the_svm_model(cluster_url: str) -> None:
+    store = open_store(RedisSettings(url=RedisUrl.parse(cluster_url), cluster=True, prefix="pwc:"))
+    try:
+        bs = BayesStore(store, BayesSettings(min_learns=4, method=CombineMethod.SVM))
+        for cls, make in (("spam", spam), ("ham", ham)):
+            items = [Found(f"{cls}{n}", make(n)) for n in range(4)]
+            assert learning.learn(bs, GLOBAL_SCOPE, cls, items).learned == 4
+        assert refit(bs, GLOBAL_SCOPE).status == "fitted"
+        s = classify(bs, bs.settings, parse(spam(99)), GLOBAL_SCOPE)
+        h = classify(bs, bs.settings, parse(ham(99)), GLOBAL_SCOPE)
+        assert s.margin is not None and h.margin is not None and s.margin > h.margin
+        assert s.probability is not None and s.probability > 0.5
+    finally:
+        store.close()
