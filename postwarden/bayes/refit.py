@@ -30,7 +30,9 @@ LOCK_SECONDS = 900
 
 @dataclass(frozen=True, slots=True)
 class RefitOutcome:
-    status: str  # "fitted", "current", "not due", "too few", "busy"
+    # "fitted", "current", "not due", "too few", "busy"; from the CLI also
+    # "refused" (a Redis ACL) and "unavailable" (Redis went away meanwhile)
+    status: str
     messages: int = 0
     seconds: float = 0.0
 
@@ -72,7 +74,8 @@ def refit(
     state = bstore.state(scope)
     if state.spam < settings.min_learns or state.ham < settings.min_learns:
         return RefitOutcome("too few")
-    if not bstore.fit_lock(scope, LOCK_SECONDS):
+    token = bstore.fit_lock(scope, LOCK_SECONDS)
+    if token is None:
         return RefitOutcome("busy")
     try:
         started = time.monotonic()
@@ -84,7 +87,7 @@ def refit(
         bstore.save_model(scope, model.bias, weights, ModelInfo(len(docs), changes, now()))
         took = time.monotonic() - started
     finally:
-        bstore.release_fit_lock(scope)
+        bstore.release_fit_lock(scope, token)
     log.info("bayes: %s model refitted from %d messages (%d weights) in %.1f s",
              scope, len(docs), len(weights), took)  # fmt: skip
     return RefitOutcome("fitted", len(docs), took)

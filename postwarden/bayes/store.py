@@ -11,6 +11,7 @@ tail of one-off words goes by itself.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,15 +235,17 @@ class BayesStore:
             r.expire(staging, int(self.settings.learned_ttl))
             r.rename(staging, live)
 
-    def fit_lock(self, scope: str, seconds: int) -> bool:
-        """Take the scope's fit lock (one refit at a time); False if held."""
+    def fit_lock(self, scope: str, seconds: int) -> str | None:
+        """Take the scope's fit lock (one refit at a time) for `seconds`:
+        the token to release it with, or None while another holds it."""
+        token = secrets.token_hex(8)
         with unavailable_on_error():
             key = self.store.keys.bayes_fit_lock(scope)
-            return bool(self.store.redis.set(key, "1", nx=True, ex=seconds))
+            return token if self.store.redis.set(key, token, nx=True, ex=seconds) else None
 
-    def release_fit_lock(self, scope: str) -> None:
-        with unavailable_on_error():
-            self.store.redis.delete(self.store.keys.bayes_fit_lock(scope))
+    def release_fit_lock(self, scope: str, token: str) -> None:
+        """Release the lock if it is still ours (lua/bayes_unlock.lua)."""
+        self.store.run("bayes_unlock", [self.store.keys.bayes_fit_lock(scope)], [token])
 
 
 def _decode_docs(values: list[bytes | None]) -> Iterator[tuple[bool, list[str]]]:

@@ -113,6 +113,9 @@ def _refit(bstore: BayesStore, scope: str, changed: int) -> RefitOutcome | None:
     except redis.exceptions.NoPermissionError as exc:
         click.echo(f"postwarden learn: model not refitted, redis refused: {exc}", err=True)
         return RefitOutcome("refused")
+    except StoreUnavailable as exc:  # what was learned is in Redis already
+        click.echo(f"postwarden learn: model not refitted: {exc}", err=True)
+        return RefitOutcome("unavailable")
 
 
 def _print_summary(s: learning.LearnSummary) -> None:

@@ -154,10 +154,13 @@ def test_refit_waits_for_min_learns_and_for_a_refit_in_progress(store: Store) ->
     learn(bs, "ham", *(ham(i) for i in range(4)))
     assert refit(bs, GLOBAL_SCOPE).status == "too few"
     learn(bs, "ham", ham(4))
-    assert bs.fit_lock(GLOBAL_SCOPE, 60)
+    token = bs.fit_lock(GLOBAL_SCOPE, 60)
+    assert token is not None and bs.fit_lock(GLOBAL_SCOPE, 60) is None
     assert refit(bs, GLOBAL_SCOPE).status == "busy"
     assert bs.model_info(GLOBAL_SCOPE) is None
-    bs.release_fit_lock(GLOBAL_SCOPE)
+    bs.release_fit_lock(GLOBAL_SCOPE, "not-the-holder")  # a fit that outlived its lock
+    assert refit(bs, GLOBAL_SCOPE).status == "busy"
+    bs.release_fit_lock(GLOBAL_SCOPE, token)
     assert refit(bs, GLOBAL_SCOPE).status == "fitted"
 
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from postwarden.bayes.sources import Found, Skipped, iter_maildir
@@ -199,3 +200,18 @@ def test_learn_fits_the_svm_model_and_upkeep_and_stat_follow_it(
     # With chi2 (the default) nothing is fitted.
     chi2 = config(tmp_path, redis_server)
     assert learn(chi2, "ham", "-", stdin=msg(9, "ham"))[1]["model"] is None
+
+
+def test_learning_stands_when_redis_goes_away_before_the_refit(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from postwarden.errors import StoreUnavailable
+
+    def away(*_a: object, **_k: object) -> None:
+        raise StoreUnavailable("redis unavailable: connection refused")
+
+    monkeypatch.setattr("postwarden.cli.learn.refit", away)
+    cfg = config(tmp_path, redis_server, ", method: svm")
+    code, out = learn(cfg, "spam", "-", stdin=msg(1))
+    # The message is learned (exit 0); only the model waits for the next learn.
+    assert (code, out["learned"], out["model"]) == (0, 1, "unavailable")
