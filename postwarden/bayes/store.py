@@ -121,6 +121,7 @@ class BayesStore:
         # Only the svm model is fitted from the messages' tokens: with chi2
         # they would cost Redis memory (about 2 KB a message) for nothing.
         keep_docs = s.method == CombineMethod.SVM
+        doc_ttl = int(min(s.model_window, s.learned_ttl))
         out: list[str] = []
 
         def run(batch: Sequence[LearnRequest]) -> list[Any]:
@@ -141,6 +142,7 @@ class BayesStore:
                         s.max_tokens,
                         STAT_TTL,
                         pack_ids(r.token_ids) if keep_docs else b"",
+                        doc_ttl,
                     ],
                     client=pipe,
                 )

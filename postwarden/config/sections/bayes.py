@@ -55,6 +55,9 @@ class BayesSettings:
     refit_interval: Duration = setting(
         Duration(600.0), min=0, doc="a learn refits the svm model at most this often"
     )
+    model_window: Duration = setting(
+        Duration(90 * 86400.0), min=86400, doc="svm: fitted from messages learned this recently"
+    )
     spam_probability: float = setting(
         0.5, min=0.5, max=1.0, doc="BAYES_SPAM at or above this probability"
     )

@@ -14,6 +14,7 @@
 -- ARGV[6]  state TTL (s)
 -- ARGV[7]  the message's token ids, packed (8 bytes each), or "" when no
 --          model is fitted from them (method chi2 / naive): nothing kept
+-- ARGV[8]  how long they are kept (s): the svm's model_window
 --
 -- Every change bumps the state's "changes" field: the model knows which
 -- count it was fitted at, so `postwarden learn` can tell it is stale.
@@ -29,6 +30,7 @@ local memory_ttl = tonumber(ARGV[4])
 local max_tokens = tonumber(ARGV[5])
 local state_ttl = tonumber(ARGV[6])
 local packed = ARGV[7]
+local doc_ttl = tonumber(ARGV[8])
 local field = { spam = "s", ham = "h" }
 
 local prev = redis.call("GET", KEYS[2])
@@ -61,17 +63,17 @@ local function keep_doc()
   if packed == "" then
     redis.call("DEL", KEYS[3]) -- never a stale class for a later svm
   else
-    redis.call("SET", KEYS[3], doc, "EX", memory_ttl)
+    redis.call("SET", KEYS[3], doc, "EX", doc_ttl)
   end
 end
 if prev == cls then
   redis.call("EXPIRE", KEYS[2], memory_ttl)
   if packed ~= "" and redis.call("EXISTS", KEYS[3]) == 0 then
     -- learned before the model existed: keep its tokens from now on
-    redis.call("SET", KEYS[3], doc, "EX", memory_ttl)
+    redis.call("SET", KEYS[3], doc, "EX", doc_ttl)
     redis.call("HINCRBY", KEYS[1], "changes", 1)
   else
-    redis.call("EXPIRE", KEYS[3], memory_ttl)
+    redis.call("EXPIRE", KEYS[3], doc_ttl)
   end
   return "known"
 end

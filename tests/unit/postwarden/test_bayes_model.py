@@ -19,6 +19,7 @@ from postwarden.bayes.refit import REFIT_BATCH, refit
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
 from postwarden.bayes.tokens import parse
 from postwarden.config.sections.bayes import CombineMethod
+from postwarden.config.units import Duration
 from postwarden.store.client import Store
 from tests.unit.postwarden.test_bayes import bayes as chi2_default_bayes
 from tests.unit.postwarden.test_bayes import ham, learn, spam
@@ -191,3 +192,13 @@ def test_the_same_learned_messages_give_the_same_model_whatever_the_scan_order(
     model_b = store.redis.hgetall(store.keys.bayes_model(GLOBAL_SCOPE))
     weights = {k: v for k, v in model_a.items() if not k.startswith(b"@")}
     assert weights == {k: v for k, v in model_b.items() if not k.startswith(b"@")}
+
+
+def test_message_tokens_are_kept_for_the_model_window_only(store: Store) -> None:
+    bs = bayes(store, model_window=Duration(2 * 86400.0))
+    learn(bs, "spam", spam(1))
+    [doc] = store.redis.scan_iter(match=store.keys.bayes_pattern(GLOBAL_SCOPE, "d"))
+    [memory] = store.redis.scan_iter(match=store.keys.bayes_pattern(GLOBAL_SCOPE, "m"))
+    assert 86400 < store.redis.ttl(doc) <= 2 * 86400
+    # The message itself is remembered as long as before (learned_ttl).
+    assert store.redis.ttl(memory) > 300 * 86400
