@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client import multiprocess as _multiprocess
@@ -124,20 +125,33 @@ class RestartsCollector:
         yield family
 
 
+@dataclass(frozen=True, slots=True)
+class BayesSnapshot:
+    """The global Bayes statistics as a scrape sees them."""
+
+    spam: int
+    ham: int
+    active: bool
+    model_fitted_at: float | None = None  # unix time of the svm fit, if any
+    model_stale: bool = False  # learned more since that fit
+
+
 class BayesCollector:
-    """`postwarden_bayes_learned{class}` and `postwarden_bayes_active`: the
-    global Bayes statistics, read from Redis at scrape time (learning happens
-    in `postwarden learn`, not in a service that could count it). A scrape
+    """`postwarden_bayes_learned{class}`, `postwarden_bayes_active` and, once
+    an svm model is fitted, its fit time and staleness: the global Bayes
+    statistics, read from Redis at scrape time (learning happens in
+    `postwarden learn`, not in a service that could count it). A scrape
     while Redis is away yields nothing rather than failing the endpoint."""
 
-    def __init__(self, read: Callable[[], tuple[int, int, bool]]) -> None:
+    def __init__(self, read: Callable[[], BayesSnapshot]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
         try:
-            spam, ham, active = self._read()
+            snap = self._read()
         except Exception:
             return
+        spam, ham, active = snap.spam, snap.ham, snap.active
         learned = GaugeMetricFamily(
             "postwarden_bayes_learned", "Messages Bayes has learned, by class", labels=["class"]
         )
@@ -149,6 +163,18 @@ class BayesCollector:
             "1 when Bayes has learned min_learns spam and ham and scores mail",
             value=int(active),
         )
+        if snap.model_fitted_at is not None:
+            # Alert on time() - this: a model the upkeep timer stopped refitting.
+            yield GaugeMetricFamily(
+                "postwarden_bayes_model_fitted_timestamp_seconds",
+                "When the svm model was last fitted (unix time)",
+                value=snap.model_fitted_at,
+            )
+            yield GaugeMetricFamily(
+                "postwarden_bayes_model_stale",
+                "1 when messages were learned after the svm model's fit",
+                value=int(snap.model_stale),
+            )
 
 
 def serve(listen: str, collectors: Sequence[Collector] = ()) -> None:

@@ -36,22 +36,27 @@ def restart_counts(state_dir: str) -> Mapping[str, int]:
 
 
 class _Bayes:
-    """(spam, ham, active) of the global statistics, one Redis connection."""
+    """The global statistics and svm model state, one Redis connection."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._store: Any = None
 
-    def __call__(self) -> tuple[int, int, bool]:
+    def __call__(self) -> metrics.BayesSnapshot:
         from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
         from postwarden.store.client import open_configured_store
 
         if self._store is None:
             self._store = open_configured_store(self.settings)
         b = self.settings.milters.spam.bayes
-        state = BayesStore(self._store, b).state(GLOBAL_SCOPE)
+        bstore = BayesStore(self._store, b)
+        state = bstore.state(GLOBAL_SCOPE)
         active = b.enabled and state.spam >= b.min_learns and state.ham >= b.min_learns
-        return state.spam, state.ham, active
+        model = bstore.model_info(GLOBAL_SCOPE)
+        if model is None:
+            return metrics.BayesSnapshot(state.spam, state.ham, active)
+        stale = model.changes != bstore.changes(GLOBAL_SCOPE)
+        return metrics.BayesSnapshot(state.spam, state.ham, active, model.fitted_at, stale)
 
 
 @click.command(name="metrics", hidden=True)

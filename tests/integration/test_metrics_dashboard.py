@@ -150,3 +150,38 @@ def test_bayes_statistics_reach_the_endpoint_and_the_dashboard(
     assert total(samples, "postwarden_bayes_active") == 0  # min_learns not reached
     assert dashboard_metrics() >= FROM_REDIS
     assert {name for name, _ in samples} >= FROM_REDIS
+
+
+def test_the_svm_models_fit_time_and_staleness_reach_the_endpoint(
+    socket_dir: Path, tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "config",
+        socket_dir,
+        redis_server.socket,
+        milters=("noop",),
+        overrides={
+            "metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+            "milters": {"spam": {"bayes": {"method": "svm", "min_learns": 1}}},
+        },
+    )
+    # Given a model fitted from one spam and one ham, then one more spam
+    # learned that the model has not seen (a Junk move before the next refit)
+    for kind, subject, model in (("spam", "cheap pills", "too few"),
+                                 ("ham", "release notes", "fitted"),
+                                 ("spam", "cheap watches", "not due")):  # fmt: skip
+        out = subprocess.run(
+            [*postwarden_argv(), "learn", kind, "-c", str(cfg.path), "--json", "-"],
+            input=make_message(subject=subject), capture_output=True, check=True,
+        )  # fmt: skip
+        assert json.loads(out.stdout)["model"] == model
+    before = time.time()
+    supervisor = start_supervisor(cfg, tmp_path / "run.log")
+    try:
+        samples = scrape(port)
+    finally:
+        supervisor.stop()
+    fitted = total(samples, "postwarden_bayes_model_fitted_timestamp_seconds")
+    assert 0 < fitted <= before
+    assert total(samples, "postwarden_bayes_model_stale") == 1

@@ -186,16 +186,23 @@ def test_bayes_metrics_are_read_at_scrape_time_and_skip_a_missing_redis() -> Non
     from prometheus_client import CollectorRegistry, generate_latest
 
     from postwarden.errors import StoreUnavailable
-    from postwarden.metrics import BayesCollector
+    from postwarden.metrics import BayesCollector, BayesSnapshot
 
     registry = CollectorRegistry()
-    registry.register(BayesCollector(lambda: (250, 180, False)))
+    registry.register(BayesCollector(lambda: BayesSnapshot(250, 180, False)))
     text = generate_latest(registry).decode()
     assert 'postwarden_bayes_learned{class="spam"} 250.0' in text
     assert 'postwarden_bayes_learned{class="ham"} 180.0' in text
     assert "postwarden_bayes_active 0.0" in text
+    assert "postwarden_bayes_model" not in text  # no svm model: no model series
 
-    def down() -> tuple[int, int, bool]:
+    fitted = CollectorRegistry()
+    fitted.register(BayesCollector(lambda: BayesSnapshot(250, 250, True, 1.7e9, True)))
+    text = generate_latest(fitted).decode()
+    assert "postwarden_bayes_model_fitted_timestamp_seconds 1.7e+09" in text
+    assert "postwarden_bayes_model_stale 1.0" in text
+
+    def down() -> BayesSnapshot:
         raise StoreUnavailable("redis down")
 
     quiet = CollectorRegistry()
