@@ -13,7 +13,9 @@ is on (contrib/dovecot passes Dovecot's authenticated user name); with
 global statistics it changes nothing. After a run that changed the
 statistics, the svm model is refitted when due (postwarden/bayes/refit.py:
 at once after 50 changes or with no model yet, else at most every
-`refit_interval`). `learn upkeep` recounts the token hashes left after rare
+`refit_interval`), unless `--no-refit` (the Dovecot pipe: Dovecot kills a
+pipe program after sieve_pipe_exec_timeout, 10 s, and a fit of a large
+corpus takes longer). `learn upkeep` recounts the token hashes left after rare
 tokens expired (the number the `max_tokens` cap compares against) and
 refits the model if anything was learned since its fit.
 """
@@ -57,6 +59,7 @@ def _run(
     paths: tuple[str, ...],
     as_json: bool,
     quiet: bool,
+    no_refit: bool = False,
 ) -> None:
     _, settings = load_or_exit(config_file)
     bayes = settings.milters.spam.bayes
@@ -76,7 +79,8 @@ def _run(
         summary = learning.learn(
             bstore, scope, action, iter_paths(list(paths), sys.stdin.buffer), progress
         )
-        outcome = _refit(bstore, scope, summary.learned + summary.relearned + summary.forgotten)
+        changed = summary.learned + summary.relearned + summary.forgotten
+        outcome = RefitOutcome("left to upkeep") if no_refit else _refit(bstore, scope, changed)
     except StoreUnavailable as exc:
         click.echo(f"postwarden learn: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
@@ -137,12 +141,14 @@ def _command(action: str, help_text: str) -> click.Command:
                   help="the mailbox user whose statistics to train (with per_user)")  # fmt: skip
     @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object")
     @click.option("-q", "--quiet", is_flag=True, help="print only what was skipped")
+    @click.option("--no-refit", is_flag=True,
+                  help="never refit the svm model here (`learn upkeep` will)")  # fmt: skip
     @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
     def command(
         config_file: str | None, user: str | None, as_json: bool, quiet: bool,
-        paths: tuple[str, ...],
+        no_refit: bool, paths: tuple[str, ...],
     ) -> None:  # fmt: skip
-        _run(action, config_file, user, paths, as_json, quiet)
+        _run(action, config_file, user, paths, as_json, quiet, no_refit)
 
     return command
 

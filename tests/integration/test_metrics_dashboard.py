@@ -15,16 +15,22 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from postwarden.store.embedded import EmbeddedRedis
 from tests.conftest import REPO
 from tests.fixtures.dnsserver import DnsServer
-from tests.harness.metrics import scrape, total
+from tests.harness.metrics import Samples, scrape, total
 from tests.harness.ports import free_port, wait_for_unix_socket
 from tests.harness.postfix import PostfixInstance, Xclient, make_message
-from tests.harness.services import postwarden_argv, start_supervisor, write_config
+from tests.harness.services import (
+    ServiceConfig,
+    postwarden_argv,
+    start_supervisor,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,40 +127,11 @@ def test_one_endpoint_counts_the_traffic_and_feeds_every_dashboard_query(
     assert total(samples, "postwarden_policyd_errors_total", kind="store") >= 1
 
 
-def test_bayes_statistics_reach_the_endpoint_and_the_dashboard(
-    socket_dir: Path, tmp_path: Path, redis_server: EmbeddedRedis
-) -> None:
-    port = free_port()
-    cfg = write_config(
-        tmp_path / "config",
-        socket_dir,
-        redis_server.socket,
-        milters=("noop",),
-        overrides={"metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"}},
-    )
-    # Given one message learned as spam (as the Dovecot Junk loop does)
-    learned = subprocess.run(
-        [*postwarden_argv(), "learn", "spam", "-c", str(cfg.path), "--json", "-"],
-        input=make_message(subject="cheap pills"), capture_output=True, check=True,
-    )  # fmt: skip
-    assert json.loads(learned.stdout)["learned"] == 1
-    supervisor = start_supervisor(cfg, tmp_path / "run.log")
-    try:
-        samples = scrape(port)
-    finally:
-        supervisor.stop()
-    # Then the endpoint says so, and serves every series the dashboard's
-    # Bayes panel queries
-    assert total(samples, "postwarden_bayes_learned", **{"class": "spam"}) == 1
-    assert total(samples, "postwarden_bayes_learned", **{"class": "ham"}) == 0
-    assert total(samples, "postwarden_bayes_active") == 0  # min_learns not reached
-    assert dashboard_metrics() >= FROM_REDIS
-    assert {name for name, _ in samples} >= FROM_REDIS
-
-
-def test_the_svm_models_fit_time_and_staleness_reach_the_endpoint(
-    socket_dir: Path, tmp_path: Path, redis_server: EmbeddedRedis
-) -> None:
+def bayes_endpoint(
+    tmp_path: Path, socket_dir: Path, redis_server: EmbeddedRedis, bayes: dict[str, Any]
+) -> tuple[ServiceConfig, int]:
+    """A config with the metrics endpoint on a free port and these
+    milters.spam.bayes settings: (the written config, the port)."""
     port = free_port()
     cfg = write_config(
         tmp_path / "config",
@@ -163,25 +140,59 @@ def test_the_svm_models_fit_time_and_staleness_reach_the_endpoint(
         milters=("noop",),
         overrides={
             "metrics": {"enabled": True, "listen": f"127.0.0.1:{port}"},
-            "milters": {"spam": {"bayes": {"method": "svm", "min_learns": 1}}},
+            "milters": {"spam": {"bayes": bayes}},
         },
     )
-    # Given a model fitted from one spam and one ham, then one more spam
-    # learned that the model has not seen (a Junk move before the next refit)
-    for kind, subject, model in (("spam", "cheap pills", "too few"),
-                                 ("ham", "release notes", "fitted"),
-                                 ("spam", "cheap watches", "not due")):  # fmt: skip
-        out = subprocess.run(
-            [*postwarden_argv(), "learn", kind, "-c", str(cfg.path), "--json", "-"],
-            input=make_message(subject=subject), capture_output=True, check=True,
-        )  # fmt: skip
-        assert json.loads(out.stdout)["model"] == model
-    before = time.time()
-    supervisor = start_supervisor(cfg, tmp_path / "run.log")
+    return cfg, port
+
+
+def learn_one(cfg: ServiceConfig, kind: str, subject: str) -> dict[str, Any]:
+    """`postwarden learn KIND -` of one message, as the Dovecot Junk loop runs it."""
+    out = subprocess.run(
+        [*postwarden_argv(), "learn", kind, "-c", str(cfg.path), "--json", "-"],
+        input=make_message(subject=subject), capture_output=True, check=True,
+    )  # fmt: skip
+    summary: dict[str, Any] = json.loads(out.stdout)
+    return summary
+
+
+def scrape_under_run(cfg: ServiceConfig, port: int, log: Path) -> Samples:
+    supervisor = start_supervisor(cfg, log)
     try:
-        samples = scrape(port)
+        return scrape(port)
     finally:
         supervisor.stop()
+
+
+def test_bayes_statistics_reach_the_endpoint_and_the_dashboard(
+    socket_dir: Path, tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    cfg, port = bayes_endpoint(tmp_path, socket_dir, redis_server, {})
+    # Given one message learned as spam (as the Dovecot Junk loop does)
+    assert learn_one(cfg, "spam", "cheap pills")["learned"] == 1
+    samples = scrape_under_run(cfg, port, tmp_path / "run.log")
+    # Then the endpoint says so, and serves every series the dashboard's
+    # Bayes panel queries
+    assert total(samples, "postwarden_bayes_learned", **{"class": "spam"}) == 1
+    assert total(samples, "postwarden_bayes_learned", **{"class": "ham"}) == 0
+    assert total(samples, "postwarden_bayes_active") == 0  # min_learns not reached
+    assert "postwarden_bayes_model_stale" not in {name for name, _ in samples}  # chi2
+    assert dashboard_metrics() >= FROM_REDIS
+    assert {name for name, _ in samples} >= FROM_REDIS
+
+
+def test_the_svm_models_fit_time_and_staleness_reach_the_endpoint(
+    socket_dir: Path, tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    bayes = {"method": "svm", "min_learns": 1}
+    cfg, port = bayes_endpoint(tmp_path, socket_dir, redis_server, bayes)
+    # Given a model fitted from one spam and one ham, then one more spam
+    # learned that the model has not seen (a Junk move before the next refit)
+    assert learn_one(cfg, "spam", "cheap pills")["model"] == "too few"
+    assert learn_one(cfg, "ham", "release notes")["model"] == "fitted"
+    assert learn_one(cfg, "spam", "cheap watches")["model"] == "not due"
+    before = time.time()
+    samples = scrape_under_run(cfg, port, tmp_path / "run.log")
     fitted = total(samples, "postwarden_bayes_model_fitted_timestamp_seconds")
     assert 0 < fitted <= before
     assert total(samples, "postwarden_bayes_model_stale") == 1
