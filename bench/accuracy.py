@@ -18,7 +18,7 @@ files and judges the identical TEST files:
 
 - milter: the whole spam milter (rules + Bayes learned as above) through
   milters.pipeline.scan, settings as bench.spam --part detect (DNS lists and
-  greylisting off, clock at the corpus' time); judged at its add_header and
+  greylisting off, clock at each message's arrival); judged at its add_header and
   reject thresholds.
 
 Reported per tool: spam recall and ham false-positive rate at its default
@@ -58,7 +58,7 @@ from typing import Any
 
 import yaml
 
-from bench.spam import CORPUS_TIME, ONLY_SPAM
+from bench.spam import CORPUS_TIME, ONLY_SPAM, at_arrival
 from milters import pipeline
 from milters.context import ServiceContext
 from milters.message import Envelope
@@ -350,7 +350,8 @@ class MilterRow:
 
 def milter_service(redis: EmbeddedRedis, prefix: str, method: str) -> ServiceContext:
     """Only the spam milter, as bench.spam --part detect runs it (DNS lists off,
-    greylisting off, loopback not trusted, clock at the corpus' time), reading
+    greylisting off, loopback not trusted, clock set to each message's
+    arrival as it is scanned), reading
     Bayes statistics from `prefix` in the private Redis."""
     doc: dict[str, Any] = copy.deepcopy(
         {"state_dir": "/nonexistent", "trusted_networks": [], **ONLY_SPAM}
@@ -376,6 +377,7 @@ def milter_rows(msgs: Sequence[Msg], service: ServiceContext) -> list[MilterRow]
     try:
         for m in msgs:
             raw = m.path.read_bytes()
+            at_arrival(service, raw)
             [r] = pipeline.scan(runner, stages, raw, env, m.path.name).results
             if r.outcome != "ok" or r.verdict.score is None:
                 raise SystemExit(f"{m.path.name}: not scored ({r.outcome} {r.error})")
