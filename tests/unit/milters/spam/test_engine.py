@@ -202,6 +202,29 @@ def test_url_checks_find_mismatch_ip_literal_shortener_and_many_domains() -> Non
             "MIME_HTML_ONLY"} <= names(v)  # fmt: skip
 
 
+def test_link_through_the_senders_own_tracker_is_no_text_mismatch() -> None:
+    # A newsletter from example.com shows the shop and links through its tracker
+    html = (
+        '<html><body><a href="http://clicks.example.com/c?q=1">www.shop.example</a></body></html>'
+    )
+    eng, svc = engine()
+    ctype = {"Content-Type": "text/html; charset=utf-8"}
+    own = message(html, headers={**ctype, "From": "News <news@mail.example.com>"})
+    assert "URL_TEXT_MISMATCH" not in names(scan(eng, svc, own))
+    # Then the same link from anyone else still is one
+    other = message(html, headers={**ctype, "From": "News <news@other.example>"})
+    assert "URL_TEXT_MISMATCH" in names(scan(eng, svc, other))
+
+
+def test_link_text_broken_by_a_space_names_no_host() -> None:
+    html = (
+        '<html><body><a href="http://www.fair.example.org/">www.fair.example.o rg</a></body></html>'
+    )
+    eng, svc = engine()
+    v = scan(eng, svc, message(html, headers={"Content-Type": "text/html; charset=utf-8"}))
+    assert "URL_TEXT_MISMATCH" not in names(v)
+
+
 def test_header_sanity_dates_caps_and_needless_encoding() -> None:
     eng, svc = engine()
     v = scan(eng, svc, message(subject="=?utf-8?B?RlJFRSBNT05FWSBGT1IgWU9V?=",
