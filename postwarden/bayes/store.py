@@ -171,6 +171,18 @@ class BayesStore:
         spam, ham, tokens = (int(v) if v is not None else 0 for v in raw)
         return ScopeState(spam, ham, tokens)
 
+    def scopes(self) -> list[str]:
+        """Every scope that has learned something (global, each per_user
+        user's digest), sorted: what `learn upkeep` looks after."""
+        keys = self.store.keys
+        head = len(keys.bayes_state("")) - len("}:state")  # where the scope starts
+        with unavailable_on_error():
+            found = {
+                k.decode()[head : -len("}:state")]
+                for k in self.store.redis.scan_iter(match=keys.bayes_states_pattern(), count=2000)
+            }
+        return sorted(found)
+
     def recount(self, scope: str) -> int:
         """Count the scope's live token hashes (SCAN) and correct the state's
         `tokens` field, which only ever grows between recounts."""

@@ -17,7 +17,8 @@ at once after 50 changes or with no model yet, else at most every
 pipe program after sieve_pipe_exec_timeout, 10 s, and a fit of a large
 corpus takes longer). `learn upkeep` recounts the token hashes left after rare
 tokens expired (the number the `max_tokens` cap compares against) and
-refits the model if anything was learned since its fit.
+refits the model if anything was learned since its fit: the global scope,
+and with per_user every user's scope found in Redis (or only `--user`'s).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import redis
 from postwarden.bayes import learning
 from postwarden.bayes.refit import RefitOutcome, refit
 from postwarden.bayes.sources import iter_paths
-from postwarden.bayes.store import BayesStore, scope_for
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, scope_for
 from postwarden.cli.options import EX_UNAVAILABLE, config_option, load_or_exit
 from postwarden.config.schema import Settings
 from postwarden.config.sections.bayes import CombineMethod
@@ -160,25 +161,32 @@ learn.add_command(_command("forget", "Take back what was learned from PATH..."))
 
 @learn.command()
 @config_option
-@click.option("--user", default=None, metavar="NAME")
+@click.option("--user", default=None, metavar="NAME",
+              help="only this user's statistics (default: every scope that learned)")  # fmt: skip
 def upkeep(config_file: str | None, user: str | None) -> None:
     """Recount the token hashes left after rare tokens expired, and refit
-    the svm model if anything was learned since its fit."""
+    the svm model if anything was learned since its fit: for the global
+    statistics and, with per_user, every user's (the Dovecot loop learns
+    with --no-refit, so this is where their models are refitted)."""
     _, settings = load_or_exit(config_file)
     bayes = settings.milters.spam.bayes
     store = _store(settings)
-    outcome = None
+    lines = []
     try:
         bstore = BayesStore(store, bayes)
-        scope = scope_for(bayes, user)
-        n = bstore.recount(scope)
-        if bayes.method == CombineMethod.SVM:
-            outcome = refit(bstore, scope, force=True)
+        if user is not None or not bayes.per_user:
+            scopes = [scope_for(bayes, user)]
+        else:
+            scopes = bstore.scopes() or [GLOBAL_SCOPE]
+        for scope in scopes:
+            n = bstore.recount(scope)
+            line = f"{n} tokens (cap {bayes.max_tokens})"
+            if bayes.method == CombineMethod.SVM:
+                line += f"; {refit(bstore, scope, force=True).describe()}"
+            lines.append(line if len(scopes) == 1 else f"{scope}: {line}")
     except StoreUnavailable as exc:
-        click.echo(f"postwarden learn: {exc}", err=True)
+        click.echo("\n".join([*lines, f"postwarden learn: {exc}"]), err=True)
         sys.exit(EX_UNAVAILABLE)
     finally:
         store.close()
-    click.echo(f"{n} tokens (cap {bayes.max_tokens})")
-    if outcome is not None:
-        click.echo(outcome.describe())
+    click.echo("\n".join(lines))

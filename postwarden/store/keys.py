@@ -75,6 +75,10 @@ class Keys:
     def bayes_learned(self, scope: str, message_digest: str) -> str:
         return f"{self.prefix}bayes:v1:{{{scope}}}:m:{message_digest}"
 
+    def bayes_states_pattern(self) -> str:
+        """SCAN pattern of every scope's state key (one per scope that learned)."""
+        return f"{self.prefix}bayes:v1:{{*}}:state"
+
     def bayes_pattern(self, scope: str, kind: str) -> str:
         """SCAN pattern of one scope's "t" (token), "m" (message) or "d"
         (learned message's tokens) keys."""

@@ -202,6 +202,38 @@ def test_learn_fits_the_svm_model_and_upkeep_and_stat_follow_it(
     assert learn(chi2, "ham", "-", stdin=msg(9, "ham"))[1]["model"] is None
 
 
+def test_upkeep_refits_every_per_user_model_the_pipe_left_stale(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    from postwarden.bayes.store import BayesStore, scope_for
+    from postwarden.config.sections.bayes import BayesSettings, CombineMethod
+
+    cfg = config(tmp_path, redis_server, ", method: svm, per_user: true")
+    # Given two users who trained through the Dovecot pipe (--no-refit)
+    for user in ("alice", "bob"):
+        for n in range(3):
+            for kind in ("spam", "ham"):
+                code, out = learn(cfg, kind, "--user", user, "--no-refit", "-",
+                                  stdin=msg(n, kind))  # fmt: skip
+                assert code == 0 and out["model"] == "left to upkeep"
+    # When the hourly upkeep runs without --user
+    up = CliRunner().invoke(main, ["learn", "upkeep", "-c", cfg])
+    assert up.exit_code == 0, up.output
+    # Then each user's model is fitted from that user's six messages
+    settings = BayesSettings(min_learns=2, method=CombineMethod.SVM, per_user=True)
+    bs = BayesStore(store, settings)
+    scopes = {scope_for(settings, u) for u in ("alice", "bob")}
+    assert set(bs.scopes()) == scopes
+    for scope in scopes:
+        info = bs.model_info(scope)
+        assert info is not None and info.messages == 6
+        assert f"{scope}: " in up.output
+    assert up.output.count("model refitted from 6 messages") == 2
+    # And --user looks after that user alone
+    one = CliRunner().invoke(main, ["learn", "upkeep", "-c", cfg, "--user", "alice"])
+    assert one.exit_code == 0 and one.output.count("model current") == 1
+
+
 def test_learning_stands_when_redis_goes_away_before_the_refit(
     tmp_path: Path, store: Store, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
