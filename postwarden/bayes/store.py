@@ -118,9 +118,7 @@ class BayesStore:
         keys = self.store.keys
         s = self.settings
         script = self.store.scripts["bayes_learn"]
-        # Only the svm model is fitted from the messages' tokens: with chi2
-        # they would cost Redis memory (about 2 KB a message) for nothing.
-        keep_docs = s.method == CombineMethod.SVM
+        keep_docs = self.keeps_docs()
         doc_ttl = int(min(s.model_window, s.learned_ttl))
         out: list[str] = []
 
@@ -162,6 +160,49 @@ class BayesStore:
                     replies = run(batch)
             out.extend(r.decode() if isinstance(r, bytes) else str(r) for r in replies)
         return out
+
+    def keeps_docs(self) -> bool:
+        """Whether learning keeps each message's token ids for the svm model.
+
+        Yes with `method: svm` (which marks the statistics as the svm's), and
+        also while that mark stands: the Dovecot pipe's own small learn
+        config does not repeat the milter's `method`, and a learn without it
+        must neither leave Junk moves out of the model nor strip a rescued
+        message's tokens. Without svm they would cost Redis memory (about
+        2 KB a message) for nothing; `learn upkeep` under chi2 removes the
+        mark and what it kept (drop_svm_data).
+        """
+        marker = self.store.keys.bayes_svm_marker()
+        with unavailable_on_error():
+            marked = self.store.redis.get(marker) is not None
+            if self.settings.method == CombineMethod.SVM:
+                if not marked:
+                    self.store.redis.set(marker, "1")
+                return True
+        return marked
+
+    def drop_svm_data(self) -> int | None:
+        """Remove the svm mark, then every scope's kept token ids and model
+        (`learn upkeep` when the method is no longer svm); how many token
+        lists went, None when there was no mark. The mark goes first so
+        learns stop keeping at once."""
+        keys = self.store.keys
+        r = self.store.redis
+        dropped = 0
+        with unavailable_on_error():
+            if not r.delete(keys.bayes_svm_marker()):
+                return None
+            for scope in self.scopes():
+                batch: list[bytes] = []
+                for key in r.scan_iter(match=keys.bayes_pattern(scope, "d"), count=1000):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        dropped += int(r.delete(*batch))
+                        batch = []
+                if batch:
+                    dropped += int(r.delete(*batch))
+                r.delete(keys.bayes_model(scope), keys.bayes_model_staging(scope))
+        return dropped
 
     def state(self, scope: str) -> ScopeState:
         with unavailable_on_error():

@@ -19,6 +19,9 @@ corpus takes longer). `learn upkeep` recounts the token hashes left after rare
 tokens expired (the number the `max_tokens` cap compares against) and
 refits the model if anything was learned since its fit: the global scope,
 and with per_user every user's scope found in Redis (or only `--user`'s).
+Under chi2 it drops what svm left (BayesStore.drop_svm_data): learns keep
+token ids while the statistics are marked as the svm's, whatever the
+learn's own config says (the Dovecot pipe's does not name the method).
 """
 
 from __future__ import annotations
@@ -167,7 +170,8 @@ def upkeep(config_file: str | None, user: str | None) -> None:
     """Recount the token hashes left after rare tokens expired, and refit
     the svm model if anything was learned since its fit: for the global
     statistics and, with per_user, every user's (the Dovecot loop learns
-    with --no-refit, so this is where their models are refitted)."""
+    with --no-refit, so this is where their models are refitted). Under
+    another method, drop what svm kept."""
     _, settings = load_or_exit(config_file)
     bayes = settings.milters.spam.bayes
     store = _store(settings)
@@ -184,6 +188,11 @@ def upkeep(config_file: str | None, user: str | None) -> None:
             if bayes.method == CombineMethod.SVM:
                 line += f"; {refit(bstore, scope, force=True).describe()}"
             lines.append(line if len(scopes) == 1 else f"{scope}: {line}")
+        if bayes.method != CombineMethod.SVM:
+            dropped = bstore.drop_svm_data()
+            if dropped is not None:
+                lines.append(f"method is {bayes.method}: dropped the svm models and "
+                             f"{dropped} kept token lists")  # fmt: skip
     except StoreUnavailable as exc:
         click.echo("\n".join([*lines, f"postwarden learn: {exc}"]), err=True)
         sys.exit(EX_UNAVAILABLE)

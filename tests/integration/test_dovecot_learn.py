@@ -160,12 +160,19 @@ def test_the_learn_credentials_reach_only_bayes_keys(learn_redis: EmbeddedRedis)
 def test_the_pipe_keeps_svm_tokens_and_leaves_the_refit_to_upkeep(
     tmp_path: Path, learn_redis: EmbeddedRedis
 ) -> None:
-    # Given the svm method and the pipe's own wrapper and credentials
+    # Given statistics the milter's config makes the svm's (its upkeep or
+    # first learn marks them), and the pipe's own wrapper, credentials and
+    # learn.yaml as contrib/dovecot/README.md shows it: no `method` in it
+    admin: Store = open_store(RedisSettings(prefix=PREFIX), learn_redis.socket)
+    try:
+        assert BayesStore(admin, BayesSettings(method=CombineMethod.SVM)).keeps_docs()
+    finally:
+        admin.close()
     cfg = tmp_path / "learn.yaml"
     cfg.write_text(
         f'redis: {{url: "unix://pwlearn:{ACL_PASSWORD}@{learn_redis.socket}", '
         f'prefix: "{PREFIX}"}}\n'
-        "milters: {spam: {bayes: {min_learns: 1, method: svm}}}\n"
+        "milters: {spam: {bayes: {min_learns: 1, per_user: false}}}\n"
     )
     wrapper = (REPO / "contrib" / "dovecot" / "postwarden-learn").read_text()
     script = tmp_path / "postwarden-learn"

@@ -13,7 +13,8 @@
 -- ARGV[5]  max tokens (no new token hashes once the state says this many)
 -- ARGV[6]  state TTL (s)
 -- ARGV[7]  the message's token ids, packed (8 bytes each), or "" when no
---          model is fitted from them (method chi2 / naive): nothing kept
+--          model is fitted from them (BayesStore.keeps_docs: the statistics
+--          are not the svm's): nothing kept, any old copy dropped
 -- ARGV[8]  how long they are kept (s): the svm's model_window
 --
 -- Every change bumps the state's "changes" field: the model knows which

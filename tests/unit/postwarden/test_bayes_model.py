@@ -79,15 +79,41 @@ def test_each_learned_message_keeps_its_tokens_until_forgotten(store: Store) -> 
     assert bs.changes(GLOBAL_SCOPE) == 3
 
 
-def test_chi2_keeps_no_message_tokens_and_drops_any_left_from_svm(store: Store) -> None:
+def test_chi2_without_svm_ever_keeps_no_message_tokens(store: Store) -> None:
+    chi2 = bayes(store, method=CombineMethod.CHI2)
+    learn(chi2, "spam", spam(1))
+    assert list(chi2.learned_docs(GLOBAL_SCOPE)) == []
+    assert not chi2.keeps_docs()
+
+
+def test_a_learn_config_without_the_method_keeps_tokens_while_svm_is_in_use(
+    store: Store,
+) -> None:
+    # Given statistics the svm learned (the milter's config says svm)
     raw = spam(1)
     learn(bayes(store), "spam", raw)
-    assert len(list(bayes(store).learned_docs(GLOBAL_SCOPE))) == 1
+    # When the Dovecot pipe, whose learn.yaml names no method, rescues the
+    # message from Junk and learns a new one
+    pipe = bayes(store, method=CombineMethod.CHI2)
+    learn(pipe, "ham", raw)
+    learn(pipe, "spam", spam(2))
+    # Then the model will see both, the rescued one as ham
+    assert sorted(pipe.learned_docs(GLOBAL_SCOPE)) == sorted(
+        [(False, token_ids(parse(raw))), (True, token_ids(parse(spam(2))))]
+    )
+
+
+def test_dropping_svm_data_ends_the_keeping_and_frees_the_tokens(store: Store) -> None:
+    svm = trained(store)
+    assert refit(svm, GLOBAL_SCOPE, force=True).status == "fitted"
     chi2 = bayes(store, method=CombineMethod.CHI2)
-    learn(chi2, "ham", raw)  # relearned while chi2 is configured
-    learn(chi2, "spam", spam(2))
+    assert chi2.drop_svm_data() == 12
     assert list(chi2.learned_docs(GLOBAL_SCOPE)) == []
-    assert chi2.state(GLOBAL_SCOPE).spam == 1
+    assert chi2.model_info(GLOBAL_SCOPE) is None and not chi2.keeps_docs()
+    # What is learned afterwards under chi2 keeps nothing; a second drop has nothing to do
+    learn(chi2, "spam", spam(99))
+    assert list(chi2.learned_docs(GLOBAL_SCOPE)) == []
+    assert chi2.drop_svm_data() is None
 
 
 def test_a_message_learned_before_the_model_existed_gets_its_tokens_kept(store: Store) -> None:

@@ -200,6 +200,14 @@ def test_learn_fits_the_svm_model_and_upkeep_and_stat_follow_it(
     # With chi2 (the default) nothing is fitted.
     chi2 = config(tmp_path, redis_server)
     assert learn(chi2, "ham", "-", stdin=msg(9, "ham"))[1]["model"] is None
+    # Its upkeep drops what svm kept (the ham just learned included: the
+    # statistics were still marked as the svm's).
+    up = CliRunner().invoke(main, ["learn", "upkeep", "-c", chi2])
+    assert up.exit_code == 0
+    assert "method is chi2: dropped the svm models and 8 kept token lists" in up.output
+    svm = config(tmp_path, redis_server, ", method: svm")  # the same file, svm again
+    out = CliRunner().invoke(main, ["stat", "-c", svm]).output
+    assert "svm model not fitted yet" in out
 
 
 def test_upkeep_refits_every_per_user_model_the_pipe_left_stale(
