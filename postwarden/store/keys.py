@@ -84,15 +84,15 @@ class Keys:
         (learned message's tokens) keys."""
         return f"{self.prefix}bayes:v1:{{{scope}}}:{kind}:*"
 
-    # The linear model (postwarden/bayes/model.py) is fitted from the learned
-    # messages' token ids, kept as long as their class (learned_ttl); it is
-    # written to a staging hash and renamed over the live one, so a reader
-    # sees the old model or the new one, never half of each.
     def bayes_svm_marker(self) -> str:
         """Set while the statistics are the svm's: learns keep token ids
         whatever their own config says (BayesStore.keeps_docs)."""
         return f"{self.prefix}bayes:v1:svm"
 
+    # The linear model (postwarden/bayes/model.py) is fitted from the learned
+    # messages' token ids, kept for model_window (at most learned_ttl); it is
+    # written to a staging hash and renamed over the live one, so a reader
+    # sees the old model or the new one, never half of each.
     def bayes_doc(self, scope: str, message_digest: str) -> str:
         return f"{self.prefix}bayes:v1:{{{scope}}}:d:{message_digest}"
 
