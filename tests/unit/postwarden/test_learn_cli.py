@@ -206,8 +206,8 @@ def test_learn_fits_the_svm_model_and_upkeep_and_stat_follow_it(
     assert up.exit_code == 0
     assert "method is chi2: dropped the svm models and 8 kept token lists" in up.output
     svm = config(tmp_path, redis_server, ", method: svm")  # the same file, svm again
-    out = CliRunner().invoke(main, ["stat", "-c", svm]).output
-    assert "svm model not fitted yet" in out
+    shown = CliRunner().invoke(main, ["stat", "-c", svm]).output
+    assert "svm model not fitted yet" in shown
 
 
 def test_upkeep_refits_every_per_user_model_the_pipe_left_stale(
