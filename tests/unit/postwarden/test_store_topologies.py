@@ -25,7 +25,7 @@ from postwarden.bayes import learning
 from postwarden.bayes.classifier import classify
 from postwarden.bayes.refit import refit
 from postwarden.bayes.sources import Found
-from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, scope_for
 from postwarden.bayes.tokens import parse
 from postwarden.clock import ManualClock
 from postwarden.config import ConfigProblem, load_config_text
@@ -245,5 +245,29 @@ def test_cluster_learns_refits_and_classifies_with_the_svm_model(cluster_url: st
         h = classify(bs, bs.settings, parse(ham(99)), GLOBAL_SCOPE)
         assert s.margin is not None and h.margin is not None and s.margin > h.margin
         assert s.probability is not None and s.probability > 0.5
+    finally:
+        store.close()
+
+
+def test_cluster_upkeep_finds_every_user_scope_and_drops_the_svm_data(cluster_url: str) -> None:
+    store = open_store(RedisSettings(url=RedisUrl.parse(cluster_url), cluster=True, prefix="pwu:"))
+    try:
+        settings = BayesSettings(min_learns=2, method=CombineMethod.SVM, per_user=True)
+        bs = BayesStore(store, settings)
+        # Users' scopes hash to different slots, so to different nodes
+        users = [f"user{n}@example.org" for n in range(6)]
+        for user in users:
+            scope = scope_for(settings, user)
+            for cls, make in (("spam", spam), ("ham", ham)):
+                items = [Found(f"{cls}{n}", make(n)) for n in range(2)]
+                assert learning.learn(bs, scope, cls, items).learned == 2
+            assert refit(bs, scope).status == "fitted"
+        assert bs.scopes() == sorted(scope_for(settings, u) for u in users)
+        chi2 = BayesStore(store, BayesSettings(min_learns=2, per_user=True))
+        assert chi2.drop_svm_data() == 4 * len(users)
+        for user in users:
+            scope = scope_for(settings, user)
+            assert chi2.model_info(scope) is None
+            assert list(chi2.learned_docs(scope)) == []
     finally:
         store.close()
