@@ -38,6 +38,7 @@ def stat(config_file: str | None, as_json: bool) -> None:
         bayes = bstore.state(GLOBAL_SCOPE)
         model = bstore.model_info(GLOBAL_SCOPE)
         stale = model is not None and model.changes != bstore.changes(GLOBAL_SCOPE)
+        users = user_scopes(bstore) if bayes_settings.per_user else None
     except StoreUnavailable as exc:
         click.echo(f"postwarden stat: {exc}", err=True)
         sys.exit(EX_UNAVAILABLE)
@@ -58,6 +59,8 @@ def stat(config_file: str | None, as_json: bool) -> None:
             counters["bayes_model_messages"] = model.messages
             counters["bayes_model_fitted_at"] = int(model.fitted_at)
             counters["bayes_model_stale"] = int(stale)
+        if users is not None:
+            counters.update({f"bayes_users_{k}": v for k, v in users.items()})
         click.echo(json.dumps(counters, sort_keys=True))
         return
     if not counters:
@@ -91,6 +94,32 @@ def stat(config_file: str | None, as_json: bool) -> None:
                 state += ", learned more since (refitted by the next learn or learn upkeep)"
     click.echo(f"bayes (global): learned {bayes.spam} spam, {bayes.ham} ham, "
                f"{bayes.tokens} tokens; {state}")  # fmt: skip
+    if users is not None:
+        line = (f"bayes per user: {users['learned']} users learned, {users['active']} active "
+                f"({need} spam and {need} ham each)")  # fmt: skip
+        if bayes_settings.method == CombineMethod.SVM:
+            line += (f"; svm models for {users['models']}, {users['models_stale']} "
+                     "learned more since (refitted by learn upkeep)")  # fmt: skip
+        click.echo(line)
+
+
+def user_scopes(bstore: BayesStore) -> dict[str, int]:
+    """With per_user: how many users' statistics exist, how many are active
+    (min_learns spam and ham each), and with svm how many models are
+    fitted and how many lag behind what their user learned since."""
+    need = bstore.settings.min_learns
+    out = {"learned": 0, "active": 0, "models": 0, "models_stale": 0}
+    for scope in bstore.scopes():
+        if scope == GLOBAL_SCOPE:
+            continue
+        state = bstore.state(scope)
+        out["learned"] += 1
+        out["active"] += int(state.spam >= need and state.ham >= need)
+        model = bstore.model_info(scope)
+        if model is not None:
+            out["models"] += 1
+            out["models_stale"] += int(model.changes != bstore.changes(scope))
+    return out
 
 
 def supervisor_counters(state_dir: str) -> dict[str, int]:

@@ -242,6 +242,31 @@ def test_upkeep_refits_every_per_user_model_the_pipe_left_stale(
     assert one.exit_code == 0 and one.output.count("model current") == 1
 
 
+def test_stat_counts_per_user_statistics_active_and_stale(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    cfg = config(tmp_path, redis_server, ", method: svm, per_user: true")
+    # Given alice trained enough and was fitted, bob only two spam
+    for n in range(2):
+        for kind in ("spam", "ham"):
+            learn(cfg, kind, "--user", "alice", "-", stdin=msg(n, kind))
+    learn(cfg, "spam", "--user", "bob", "-", stdin=msg(1))
+    learn(cfg, "spam", "--user", "bob", "-", stdin=msg(2))
+    # When alice learns one more without a refit
+    learn(cfg, "spam", "--user", "alice", "--no-refit", "-", stdin=msg(7))
+    # Then stat counts two users, one active, one model, lagging
+    out = CliRunner().invoke(main, ["stat", "-c", cfg])
+    assert ("bayes per user: 2 users learned, 1 active (2 spam and 2 ham each); "
+            "svm models for 1, 1 learned more since") in out.output  # fmt: skip
+    data = json.loads(CliRunner().invoke(main, ["stat", "-c", cfg, "--json"]).output)
+    got = {k: v for k, v in data.items() if k.startswith("bayes_users_")}
+    assert got == {"bayes_users_learned": 2, "bayes_users_active": 1,
+                   "bayes_users_models": 1, "bayes_users_models_stale": 1}  # fmt: skip
+    # Without per_user there is no such line
+    plain = config(tmp_path, redis_server)
+    assert "per user" not in CliRunner().invoke(main, ["stat", "-c", plain]).output
+
+
 def test_learning_stands_when_redis_goes_away_before_the_refit(
     tmp_path: Path, store: Store, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
