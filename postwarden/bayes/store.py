@@ -224,19 +224,23 @@ class BayesStore:
             }
         return sorted(found)
 
-    def recount(self, scope: str) -> int:
-        """Count the scope's live token hashes (SCAN) and correct the state's
-        `tokens` field, which only ever grows between recounts."""
+    def recount(self, scopes: Sequence[str]) -> dict[str, int]:
+        """Count each scope's live token hashes and correct its state's
+        `tokens` field, which only ever grows between recounts. One SCAN
+        for all of them: a SCAN walks the whole keyspace whatever its
+        pattern, and with per_user there may be thousands of scopes."""
         keys = self.store.keys
+        head = len(keys.bayes_state("")) - len("}:state")  # where the scope starts
+        counts = dict.fromkeys(scopes, 0)
         with unavailable_on_error():
-            n = sum(
-                1
-                for _ in self.store.redis.scan_iter(
-                    match=keys.bayes_pattern(scope, "t"), count=2000
-                )
-            )
-            self.store.redis.hset(keys.bayes_state(scope), "tokens", n)
-        return n
+            for key in self.store.redis.scan_iter(match=keys.bayes_pattern("*", "t"), count=2000):
+                name = key.decode()
+                scope = name[head : name.rindex("}:t:")]
+                if scope in counts:
+                    counts[scope] += 1
+            for scope, n in counts.items():
+                self.store.redis.hset(keys.bayes_state(scope), "tokens", n)
+        return counts
 
     # -- the linear model (postwarden/bayes/model.py, refit.py) ---------------
 

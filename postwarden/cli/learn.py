@@ -182,9 +182,9 @@ def upkeep(config_file: str | None, user: str | None) -> None:
             scopes = [scope_for(bayes, user)]
         else:
             scopes = bstore.scopes() or [GLOBAL_SCOPE]
+        tokens = bstore.recount(scopes)
         for scope in scopes:
-            n = bstore.recount(scope)
-            line = f"{n} tokens (cap {bayes.max_tokens})"
+            line = f"{tokens[scope]} tokens (cap {bayes.max_tokens})"
             if bayes.method == CombineMethod.SVM:
                 line += f"; {refit(bstore, scope, force=True).describe()}"
             lines.append(line if len(scopes) == 1 else f"{scope}: {line}")

@@ -141,7 +141,7 @@ def test_max_tokens_caps_new_tokens_but_known_ones_still_learn(store: Store) -> 
     learn(bs, "spam", spam(1))
     assert list(store.redis.scan_iter(match=store.keys.bayes_pattern(GLOBAL_SCOPE, "t"))) == []
     assert bs.state(GLOBAL_SCOPE).spam == 1
-    assert bs.recount(GLOBAL_SCOPE) == 0
+    assert bs.recount([GLOBAL_SCOPE]) == {GLOBAL_SCOPE: 0}
 
 
 def test_classify_is_inactive_until_min_learns_of_both_classes(store: Store) -> None:
@@ -180,6 +180,26 @@ def test_per_user_scopes_keep_users_apart(store: Store) -> None:
     bs = BayesStore(store, s)
     learning.learn(bs, alice, "spam", [Found("m", spam(1))])
     assert bs.state(alice).spam == 1 and bs.state(bob).spam == 0
+
+
+def test_recount_counts_every_scopes_tokens_in_one_pass(store: Store) -> None:
+    s = dataclasses.replace(BayesSettings(), per_user=True)
+    alice, bob = scope_for(s, "alice@example.org"), scope_for(s, "bob@example.org")
+    bs = BayesStore(store, s)
+    learning.learn(bs, alice, "spam", [Found("m", spam(1))])
+    learning.learn(bs, bob, "ham", [Found(f"m{n}", ham(n)) for n in range(3)])
+    expected = {
+        scope: sum(1 for _ in store.redis.scan_iter(match=store.keys.bayes_pattern(scope, "t")))
+        for scope in (alice, bob, GLOBAL_SCOPE)
+    }
+    assert expected[alice] > 0 and expected[bob] > 0 and expected[GLOBAL_SCOPE] == 0
+    # The state's upper bound, once too high, comes back to the truth
+    store.redis.hset(store.keys.bayes_state(bob), "tokens", 10**6)
+    store.redis.config_resetstat()
+    assert bs.recount([alice, bob, GLOBAL_SCOPE]) == expected
+    assert bs.state(bob).tokens == expected[bob]
+    # One walk of the keyspace (this small one fits one SCAN reply), not one per scope
+    assert store.redis.info("commandstats")["cmdstat_scan"]["calls"] == 1
 
 
 def test_bayes_metrics_are_read_at_scrape_time_and_skip_a_missing_redis() -> None:
