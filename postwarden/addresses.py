@@ -17,6 +17,20 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+def without_extension(address: str, delimiters: str) -> str:
+    """`address` without its address extension, split as Postfix splits it
+    (postconf(5) recipient_delimiter): the local part ends at the first of
+    `delimiters` that is not its first character, so alice+lists@example.org
+    is alice@example.org. A name without @ is a local part alone."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local = address
+    cut = min((i for i in (local.find(d) for d in delimiters) if i > 0), default=-1)
+    if cut > 0:
+        local = local[:cut]
+    return f"{local}@{domain}" if at else local
+
+
 def in_domain(domain: str, parent: str) -> bool:
     """`domain` is `parent` or a subdomain of it (`mx.example.com` in `example.com`)."""
     return domain == parent or domain.endswith("." + parent)

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from postwarden.addresses import without_extension
 from postwarden.config.sections.greylist import GreylistSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -54,11 +55,8 @@ class Normaliser:
             local, domain = _unsrs(local, domain)
         if self.strip_batv:
             local = _unbatv(local)
-        if self.strip_extension and self.delimiters and local:
-            # Postfix splits at the first delimiter character (recipient_delimiter).
-            cut = min((i for i in (local.find(d) for d in self.delimiters) if i > 0), default=-1)
-            if cut > 0:
-                local = local[:cut]
+        if self.strip_extension:
+            local = without_extension(local, self.delimiters)
         if mask_numbers:
             local = _NUMBER.sub("#", local)
         return f"{local}@{domain}"

@@ -30,7 +30,7 @@ from milters.spam.lists import AddressList
 from milters.spam.profiles import ProfileMap, read_forwarding_map
 from milters.spam.view import MessageView
 from postwarden import replies
-from postwarden.bayes.store import BayesStore, scope_for
+from postwarden.bayes.store import BayesStore, recipient_scope
 from postwarden.budget import BudgetExceeded
 from postwarden.config.sections.spam import Oversize, SpamMilterSettings
 from postwarden.config.units import Network
@@ -197,8 +197,7 @@ class SpamEngine:
             return []
         if ctx.budget.expired:
             return []  # the verdict is made; learning can wait for another message
-        rcpts = env.recipients
-        scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
+        scope = recipient_scope(b, env.recipients)
         raw = msg.header_bytes() + b"\r\n" + msg.body
         try:
             tokens = view.bayes_token_ids  # the Bayes check's, not tokenized again

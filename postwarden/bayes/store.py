@@ -18,7 +18,8 @@ from typing import Any
 
 import redis
 
-from postwarden.config.sections.bayes import BayesSettings, CombineMethod
+from postwarden.addresses import without_extension
+from postwarden.config.sections.bayes import BayesSettings, CombineMethod, UserName
 from postwarden.store.client import Store, unavailable_on_error
 from postwarden.store.keys import STAT_TTL, digest
 
@@ -28,13 +29,33 @@ GLOBAL_SCOPE = "global"
 LEARN_BATCH = 64
 
 
+def user_name(settings: BayesSettings, name: str) -> str:
+    """The name a user's statistics are kept under, the same whether it came
+    from the envelope recipient (the milter) or from Dovecot's login (the
+    learn pipe): lower case, without the address extension Postfix's
+    recipient_delimiter splits off (mail to alice+lists@ is alice's), and
+    with `user_name: local_part` only what precedes the @."""
+    name = without_extension(name.strip().lower(), settings.recipient_delimiter)
+    if settings.user_name == UserName.LOCAL_PART:
+        name = name.rpartition("@")[0] or name
+    return name
+
+
 def scope_for(settings: BayesSettings, user: str | None) -> str:
     """The statistics a user's mail is judged and learned by: their own with
     `per_user`, otherwise the global set. The user name never shapes a key
     directly (it is digested)."""
     if settings.per_user and user:
-        return f"u:{digest(user.lower())}"
+        return f"u:{digest(user_name(settings, user))}"
     return GLOBAL_SCOPE
+
+
+def recipient_scope(settings: BayesSettings, recipients: Sequence[str]) -> str:
+    """The statistics a message is judged and autolearned by: with per_user
+    and a single recipient, that user's; otherwise the global set (the
+    milter scores a message once, for all its recipients)."""
+    one = recipients[0] if settings.per_user and len(recipients) == 1 else None
+    return scope_for(settings, one)
 
 
 @dataclass(frozen=True, slots=True)

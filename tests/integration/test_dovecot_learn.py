@@ -19,7 +19,7 @@ import redis
 from postwarden.bayes.refit import refit
 from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, scope_for
 from postwarden.config.schema import RedisSettings
-from postwarden.config.sections.bayes import BayesSettings, CombineMethod
+from postwarden.config.sections.bayes import BayesSettings, CombineMethod, UserName
 from postwarden.store.client import Store, open_store
 from postwarden.store.embedded import EmbeddedRedis
 from tests.conftest import REPO
@@ -208,3 +208,14 @@ def test_per_user_scope_comes_from_the_dovecot_user_name() -> None:
     s = BayesSettings(per_user=True)
     assert scope_for(s, "alice@example.org") != scope_for(s, "bob@example.org")
     assert scope_for(s, "Alice@Example.org") == scope_for(s, "alice@example.org")
+    # Mail to an address extension is the user's (Postfix recipient_delimiter)
+    assert scope_for(s, "alice+lists@example.org") == scope_for(s, "alice@example.org")
+    # A system user logs in as "alice": the whole address would be someone else...
+    assert scope_for(s, "alice") != scope_for(s, "alice@example.org")
+    # ...unless the user is named by the local part
+    local = BayesSettings(per_user=True, user_name=UserName.LOCAL_PART)
+    assert scope_for(local, "alice") == scope_for(local, "Alice+x@example.org")
+    assert scope_for(local, "alice") != scope_for(local, "bob@example.org")
+    # No delimiter configured: the + is part of the name
+    plain = BayesSettings(per_user=True, recipient_delimiter="")
+    assert scope_for(plain, "alice+lists@example.org") != scope_for(plain, "alice@example.org")

@@ -17,7 +17,7 @@ from milters.context import ServiceContext
 from milters.spam.checks.api import Check, CheckContext, CheckSpec, SymbolDef, SymbolHit
 from milters.spam.view import MessageView
 from postwarden.bayes.classifier import classify
-from postwarden.bayes.store import BayesStore, scope_for
+from postwarden.bayes.store import BayesStore, recipient_scope
 from postwarden.config.sections.spam import SpamMilterSettings
 
 SYMBOLS = {
@@ -40,8 +40,7 @@ def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
         """What the learned statistics say of the message's tokens: chi-square
         of their counts, or with method svm the fitted model's margin
         (postwarden/bayes/classifier.py)."""
-        rcpts = view.env.recipients
-        scope = scope_for(b, rcpts[0] if b.per_user and len(rcpts) == 1 else None)
+        scope = recipient_scope(b, view.env.recipients)
         r = classify(BayesStore(cctx.message.store, b), b, view.bayes_token_ids, scope)
         if not r.active or r.probability is None:
             need = b.min_learns

@@ -30,6 +30,19 @@ class CombineMethod(StrEnum):
     SVM = "svm"
 
 
+class UserName(StrEnum):
+    """What names a user's statistics with `per_user` (store.user_name).
+
+    address: the whole recipient address, which is Dovecot's user name
+    with virtual users (alice@example.org). local_part: what precedes the @,
+    for system users who log in to Dovecot as "alice" while their mail is
+    addressed to alice@example.org.
+    """
+
+    ADDRESS = "address"
+    LOCAL_PART = "local_part"
+
+
 @dataclass(frozen=True, slots=True)
 class AutolearnSettings:
     """Learn from the milter's own clearest verdicts (SpamAssassin's
@@ -65,6 +78,12 @@ class BayesSettings:
         0.5, min=0.0, max=0.5, doc="BAYES_HAM at or below this probability"
     )
     per_user: bool = setting(False, doc="one statistics set per mailbox user")
+    user_name: UserName = setting(
+        UserName.ADDRESS, doc="per_user: the recipient address, or its local part only"
+    )
+    recipient_delimiter: str = setting(
+        "+", doc="per_user: Postfix recipient_delimiter; alice+lists@ is alice@"
+    )
     token_ttl: Duration = setting(Duration(180 * 86400.0), min=86400, doc="after last learn")
     rare_token_ttl: Duration = setting(
         Duration(30 * 86400.0), min=3600, doc="tokens seen in one message only"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from milters.spam.checks.bayes import SYMBOLS
 from postwarden.bayes import learning
 from postwarden.bayes.sources import Found
-from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore
-from postwarden.config.sections.bayes import BayesSettings
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, scope_for
+from postwarden.config.sections.bayes import BayesSettings, UserName
 from postwarden.store.client import Store
 from tests.unit.milters.spam.engine_setup import engine, message, names, scan
 
@@ -49,3 +49,27 @@ def test_bayes_spam_and_ham_scores_scale_with_confidence(store: Store) -> None:
 def test_bayes_off_adds_no_symbol(store: Store) -> None:
     eng, service = engine({"bayes": {"enabled": False}}, store=store)
     assert not {n for n in names(scan(eng, service, message())) if n.startswith("BAYES")}
+
+
+def test_per_user_bayes_judges_mail_to_an_extension_by_what_the_login_learned(
+    store: Store,
+) -> None:
+    # Given a system user whose Junk moves the pipe learned as "alice"
+    settings = BayesSettings(per_user=True, user_name=UserName.LOCAL_PART, min_learns=3)
+    bs = BayesStore(store, settings)
+    spams = [message(f"cheap pills casino prize winner offer {n}\r\n", subject=f"WIN {n}",
+                     headers={"Message-ID": f"<s{n}@x>"}) for n in range(3)]  # fmt: skip
+    hams = [message(f"minutes of the compiler meeting item {n}\r\n", subject=f"notes {n}",
+                    headers={"Message-ID": f"<h{n}@x>"}) for n in range(3)]  # fmt: skip
+    alice = scope_for(settings, "alice")
+    learning.learn(bs, alice, "spam", [Found(str(n), r) for n, r in enumerate(spams)])
+    learning.learn(bs, alice, "ham", [Found(str(n), r) for n, r in enumerate(hams)])
+    eng, service = engine(
+        {"bayes": {"min_learns": 3, "per_user": True, "user_name": "local_part"}}, store=store
+    )
+    spammy = message("cheap pills casino prize winner offer\r\n", subject="WIN",
+                     headers={"Message-ID": "<new1@x>"})  # fmt: skip
+    # When mail comes for her address extension, her statistics judge it
+    assert "BAYES_SPAM" in names(scan(eng, service, spammy, rcpts=["Alice+news@example.net"]))
+    # and not for bob, who learned nothing
+    assert "BAYES_INACTIVE" in names(scan(eng, service, spammy, rcpts=["bob@example.net"]))
