@@ -6,7 +6,11 @@ BAYES_SPAM / BAYES_HAM carry the confidence as their weight (score x weight,
 as Rspamd scales its Bayes symbols); until `min_learns` spam AND ham are
 learned the check says BAYES_INACTIVE with the training progress instead
 (NethServer's rule). With `per_user`, mail for a single recipient is judged
-by that recipient's statistics, anything else by the global set.
+by that recipient's statistics, anything else by the global set; a user who
+has not learned enough yet is judged by the global set too (`global_fallback`,
+the symbol's options say "global"), so switching per_user on, or a new
+mailbox, does not leave mail unjudged. That costs that user's messages a
+second Redis call.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from milters.context import ServiceContext
 from milters.spam.checks.api import Check, CheckContext, CheckSpec, SymbolDef, SymbolHit
 from milters.spam.view import MessageView
 from postwarden.bayes.classifier import classify
-from postwarden.bayes.store import BayesStore, recipient_scope
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, recipient_scope
 from postwarden.config.sections.spam import SpamMilterSettings
 
 SYMBOLS = {
@@ -41,7 +45,13 @@ def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
         of their counts, or with method svm the fitted model's margin
         (postwarden/bayes/classifier.py)."""
         scope = recipient_scope(b, view.env.recipients)
-        r = classify(BayesStore(cctx.message.store, b), b, view.bayes_token_ids, scope)
+        bstore = BayesStore(cctx.message.store, b)
+        r = classify(bstore, b, view.bayes_token_ids, scope)
+        via: tuple[str, ...] = ()
+        if not r.active and scope != GLOBAL_SCOPE and b.global_fallback:
+            shared = classify(bstore, b, view.bayes_token_ids, GLOBAL_SCOPE)
+            if shared.active:
+                r, via = shared, ("global",)
         if not r.active or r.probability is None:
             need = b.min_learns
             progress = (f"spam {min(r.spam_learns, need)}/{need}",
@@ -50,9 +60,9 @@ def build(ctx: ServiceContext, settings: SpamMilterSettings) -> Check | None:
             return
         pct = f"{r.probability * 100:.1f}%"
         if (w := r.spam_confidence(b)) > 0:
-            yield SymbolHit("BAYES_SPAM", (pct,), weight=w)
+            yield SymbolHit("BAYES_SPAM", (pct, *via), weight=w)
         elif (w := r.ham_confidence(b)) > 0:
-            yield SymbolHit("BAYES_HAM", (pct,), weight=w)
+            yield SymbolHit("BAYES_HAM", (pct, *via), weight=w)
 
     return bayes
 

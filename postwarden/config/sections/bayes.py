@@ -84,6 +84,9 @@ class BayesSettings:
     recipient_delimiter: str = setting(
         "+", doc="per_user: Postfix recipient_delimiter; alice+lists@ is alice@"
     )
+    global_fallback: bool = setting(
+        True, doc="per_user: judge by the global set until the user learned min_learns"
+    )
     token_ttl: Duration = setting(Duration(180 * 86400.0), min=86400, doc="after last learn")
     rare_token_ttl: Duration = setting(
         Duration(30 * 86400.0), min=3600, doc="tokens seen in one message only"

@@ -70,6 +70,23 @@ def test_per_user_bayes_judges_mail_to_an_extension_by_what_the_login_learned(
     spammy = message("cheap pills casino prize winner offer\r\n", subject="WIN",
                      headers={"Message-ID": "<new1@x>"})  # fmt: skip
     # When mail comes for her address extension, her statistics judge it
-    assert "BAYES_SPAM" in names(scan(eng, service, spammy, rcpts=["Alice+news@example.net"]))
+    v = scan(eng, service, spammy, rcpts=["Alice+news@example.net"])
+    assert "global" not in {s.name: s for s in v.symbols}["BAYES_SPAM"].options
     # and not for bob, who learned nothing
     assert "BAYES_INACTIVE" in names(scan(eng, service, spammy, rcpts=["bob@example.net"]))
+
+
+def test_per_user_mail_for_an_untrained_user_is_judged_by_the_global_set(store: Store) -> None:
+    # Given global statistics (learned before per_user was switched on)
+    _train(store, 3, 3)
+    spammy = message("cheap pills casino prize winner offer\r\n", subject="WIN",
+                     headers={"Message-ID": "<new1@x>"})  # fmt: skip
+    on = {"min_learns": 3, "per_user": True}
+    eng, service = engine({"bayes": on}, store=store)
+    # When mail comes for a user who trained nothing, the global set judges it
+    v = scan(eng, service, spammy, rcpts=["carol@example.net"])
+    bayes_spam = {s.name: s for s in v.symbols}["BAYES_SPAM"]
+    assert "global" in bayes_spam.options
+    # Unless the fallback is off: then Bayes waits for her training
+    eng, service = engine({"bayes": {**on, "global_fallback": False}}, store=store)
+    assert "BAYES_INACTIVE" in names(scan(eng, service, spammy, rcpts=["carol@example.net"]))
