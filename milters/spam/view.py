@@ -155,8 +155,10 @@ class MessageView:
     @cached_property
     def bayes_token_ids(self) -> list[str]:
         """The Bayes token ids of `mime` (postwarden/bayes/classifier.py),
-        once per message: the Bayes check and autolearn share them."""
-        return token_ids(self.mime)
+        once per message: the Bayes check and autolearn share them. The
+        envelope sender stands in for the Return-Path header delivery adds,
+        so mail is judged by the tokens it will be learned by from Junk."""
+        return token_ids(self.mime, self.env.mail_from)
 
     @cached_property
     def content_types(self) -> tuple[str, ...]:

@@ -114,10 +114,11 @@ def margin_probability(margin: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def token_ids(msg: email.message.Message) -> list[str]:
+def token_ids(msg: email.message.Message, return_path: str | None = None) -> list[str]:
     """Sorted ids of the message's distinct tokens (sorted: the same message
-    always gives the same key order, which keeps the scripts' work repeatable)."""
-    return sorted({token_id(t) for t in tokenize_message(msg, TOKENIZER)})
+    always gives the same key order, which keeps the scripts' work repeatable).
+    `return_path`: the envelope sender of mail in transit (tokens.py)."""
+    return sorted({token_id(t) for t in tokenize_message(msg, TOKENIZER, return_path)})
 
 
 def classify(

@@ -189,10 +189,19 @@ _HOSTLIKE = re.compile(
 MAX_HEADER_WORDS = 40
 
 
-def _header_tokens(msg: email.message.Message) -> Iterator[str]:
+def _header_tokens(msg: email.message.Message, return_path: str | None) -> Iterator[str]:
     """Words of most headers, prefixed by the header name; Received lines
-    give only their host names and addresses (their dates say nothing)."""
-    for name, value in msg.items():
+    give only their host names and addresses (their dates say nothing).
+
+    `return_path` is the envelope sender of a message still in transit: the
+    Return-Path header delivery will add (RFC 5321 section 4.4), which
+    Postfix drops from incoming mail (message_drop_headers), so the milter
+    judges by the same tokens `postwarden learn` later reads in the mailbox.
+    """
+    items: list[tuple[str, object]] = list(msg.items())
+    if return_path is not None and "Return-Path" not in msg:
+        items.insert(0, ("Return-Path", f"<{return_path}>"))
+    for name, value in items:
         lname = name.lower()
         if lname == "received":
             for h in _HOSTLIKE.findall(str(value))[:6]:
@@ -267,7 +276,11 @@ def tokenize(raw: bytes, options: TokenizerOptions | None = None) -> set[str]:
     return tokenize_message(msg, opts)
 
 
-def tokenize_message(msg: email.message.Message, opts: TokenizerOptions) -> set[str]:
+def tokenize_message(
+    msg: email.message.Message, opts: TokenizerOptions, return_path: str | None = None
+) -> set[str]:
+    """The distinct features of a parsed message; `return_path` as
+    _header_tokens takes it (the milter passes the envelope sender)."""
     tokens: set[str] = set()
     subject = decode_header(msg.get("Subject"))
     subject_words = list(_words(subject))
@@ -292,7 +305,7 @@ def tokenize_message(msg: email.message.Message, opts: TokenizerOptions) -> set[
         if len(tokens) >= MAX_TOKENS * 4:
             break
     if opts.header_tokens:
-        tokens.update(_header_tokens(msg))
+        tokens.update(_header_tokens(msg, return_path))
     if len(tokens) > MAX_TOKENS:
         # Keep a deterministic subset: the same message always gives the same
         # tokens, so learning and forgetting stay symmetric.

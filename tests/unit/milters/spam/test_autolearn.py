@@ -71,9 +71,9 @@ def test_autolearn_reuses_the_bayes_checks_tokens(
 ) -> None:
     calls: list[int] = []
 
-    def counted(msg: Any, opts: Any) -> set[str]:
+    def counted(msg: Any, opts: Any, return_path: str | None = None) -> set[str]:
         calls.append(1)
-        return tokenize_message(msg, opts)
+        return tokenize_message(msg, opts, return_path)
 
     monkeypatch.setattr("postwarden.bayes.classifier.tokenize_message", counted)
     eng, svc = engine(autolearn(), store=store)

@@ -90,3 +90,20 @@ def test_per_user_mail_for_an_untrained_user_is_judged_by_the_global_set(store: 
     # Unless the fallback is off: then Bayes waits for her training
     eng, service = engine({"bayes": {**on, "global_fallback": False}}, store=store)
     assert "BAYES_INACTIVE" in names(scan(eng, service, spammy, rcpts=["carol@example.net"]))
+
+
+def test_the_milter_tokenizes_mail_as_learn_will_read_it_from_the_mailbox() -> None:
+    from milters.message import Envelope, Message
+    from milters.spam.view import MessageView
+    from postwarden.bayes.classifier import token_ids
+    from postwarden.bayes.tokens import parse
+
+    # Postfix drops Return-Path from incoming mail; delivery adds the envelope sender
+    raw = message("cheap pills\r\n", headers={"Message-ID": "<rp@x>"})
+    delivered = b"Return-Path: <bulk@sender.example>\r\n" + raw
+    env = Envelope(mail_from="bulk@sender.example", recipients=("a@example.net",))
+    in_transit = MessageView(Message.from_bytes(raw), env).bayes_token_ids
+    assert in_transit == token_ids(parse(delivered)) != token_ids(parse(raw))
+    # A Return-Path already there (a stored message given to `postwarden scan`) wins
+    other = Envelope(mail_from="someone@else.example", recipients=("a@example.net",))
+    assert MessageView(Message.from_bytes(delivered), other).bayes_token_ids == in_transit
