@@ -160,13 +160,15 @@ def _osb(words: list[str], window: int) -> Iterator[str]:
 
 
 # Headers whose words are not evidence: dates and trace IDs differ in every
-# message, and verdict headers (ours or another filter's) must never teach
-# the classifier its own answer.
+# message, verdict headers (ours or another filter's) must never teach the
+# classifier its own answer, and what delivery adds (Delivered-To,
+# X-Original-To) the milter never sees in transit.
 _SKIP_HEADERS = frozenset(
     {
         "date",
         "message-id",
         "delivered-to",
+        "x-original-to",
         "subject",
         "content-length",
         "lines",

@@ -100,7 +100,8 @@ def test_the_milter_tokenizes_mail_as_learn_will_read_it_from_the_mailbox() -> N
 
     # Postfix drops Return-Path from incoming mail; delivery adds the envelope sender
     raw = message("cheap pills\r\n", headers={"Message-ID": "<rp@x>"})
-    delivered = b"Return-Path: <bulk@sender.example>\r\n" + raw
+    delivered = (b"Return-Path: <bulk@sender.example>\r\nX-Original-To: a@example.net\r\n"
+                 b"Delivered-To: a@example.net\r\n" + raw)  # fmt: skip
     env = Envelope(mail_from="bulk@sender.example", recipients=("a@example.net",))
     in_transit = MessageView(Message.from_bytes(raw), env).bayes_token_ids
     assert in_transit == token_ids(parse(delivered)) != token_ids(parse(raw))
