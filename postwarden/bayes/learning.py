@@ -9,6 +9,7 @@ SpamAssassin's sa-learn and mox do. Messages go to Redis in batches
 
 from __future__ import annotations
 
+import email.message
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -49,14 +50,37 @@ class LearnSummary:
         }
 
 
+def without_subject_tag(msg: email.message.Message, prefix: str) -> None:
+    """Take the spam milter's `subject_prefix` ("[SPAM] ") off the Subject,
+    as sa-learn takes SpamAssassin's markup off before learning: the milter
+    judged the message before tagging it, so its own tag must not become a
+    learned word (every tagged message moved to Junk would teach that
+    "spam" in a Subject means spam, and mail about spam would pay for it).
+    A Subject that was only the tag (the message had none) goes."""
+    tag = prefix.strip()
+    value = msg.get("Subject")
+    if not tag or value is None:
+        return
+    text = str(value).lstrip()
+    if not text.startswith(tag):
+        return
+    rest = text[len(tag) :].lstrip()
+    if rest:
+        msg.replace_header("Subject", rest)
+    else:
+        del msg["Subject"]
+
+
 def learn(
     store: BayesStore,
     scope: str,
     action: str,
     items: Iterable[Item],
     progress: Callable[[LearnSummary], None] | None = None,
+    subject_prefix: str = "",
 ) -> LearnSummary:
-    """Learn (or forget) every message in `items` into `scope`."""
+    """Learn (or forget) every message in `items` into `scope`; the spam
+    milter's `subject_prefix` is taken off first (without_subject_tag)."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
     summary = LearnSummary(action)
@@ -85,7 +109,9 @@ def learn(
             continue
         assert isinstance(item, Found)
         try:
-            ids = token_ids(parse(item.raw))
+            msg = parse(item.raw)
+            without_subject_tag(msg, subject_prefix)
+            ids = token_ids(msg)
         except (ValueError, LookupError, RecursionError) as exc:
             summary.skipped.append((item.origin, f"cannot parse: {exc}"))
             continue

@@ -81,8 +81,9 @@ def _run(
     outcome: RefitOutcome | None = None
     try:
         summary = learning.learn(
-            bstore, scope, action, iter_paths(list(paths), sys.stdin.buffer), progress
-        )
+            bstore, scope, action, iter_paths(list(paths), sys.stdin.buffer), progress,
+            subject_prefix=settings.milters.spam.subject_prefix,
+        )  # fmt: skip
         changed = summary.learned + summary.relearned + summary.forgotten
         outcome = RefitOutcome("left to upkeep") if no_refit else _refit(bstore, scope, changed)
     except StoreUnavailable as exc:

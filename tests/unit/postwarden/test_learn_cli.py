@@ -267,6 +267,31 @@ def test_stat_counts_per_user_statistics_active_and_stale(
     assert "per user" not in CliRunner().invoke(main, ["stat", "-c", plain]).output
 
 
+def test_learn_takes_the_milters_subject_tag_off_before_learning(
+    tmp_path: Path, store: Store, redis_server: EmbeddedRedis
+) -> None:
+    from postwarden.bayes.store import GLOBAL_SCOPE
+    from postwarden.bayes.tokens import token_id
+
+    cfg = config(tmp_path, redis_server)
+    # Given a message the milter tagged (rewrite_subject) and the user moved to Junk
+    tagged = msg(1).replace(b"Subject: spam number 1", b"Subject: [SPAM] cheap pills")
+    assert learn(cfg, "spam", "-", stdin=tagged)[1]["learned"] == 1
+
+    def learned(token: str) -> bool:
+        return bool(store.redis.exists(store.keys.bayes_token(GLOBAL_SCOPE, token_id(token))))
+
+    # Then its words are learned, the tag is not
+    assert learned("s:cheap") and learned("s:pills") and not learned("s:spam")
+    # A tag later in the Subject is the sender's text, and a tag alone was no Subject
+    later = msg(2).replace(b"Subject: spam number 2", b"Subject: Re: [SPAM] filter")
+    alone = msg(3).replace(b"Subject: spam number 3", b"Subject: [SPAM]")
+    learn(cfg, "spam", "-", stdin=later)
+    learn(cfg, "spam", "-", stdin=alone)
+    assert learned("s:spam") and learned("s:filter")
+    assert store.redis.hget(store.keys.bayes_token(GLOBAL_SCOPE, token_id("s:spam")), "s") == b"1"
+
+
 def test_learning_stands_when_redis_goes_away_before_the_refit(
     tmp_path: Path, store: Store, redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
