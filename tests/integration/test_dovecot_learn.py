@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from postwarden.bayes.refit import refit
-from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, scope_for
+from postwarden.bayes.store import GLOBAL_SCOPE, BayesStore, recipient_scope, scope_for
 from postwarden.config.schema import RedisSettings
 from postwarden.config.sections.bayes import BayesSettings, CombineMethod, UserName
 from postwarden.store.client import Store, open_store
@@ -82,12 +82,16 @@ def _uid_of(imap: imaplib.IMAP4, n: int) -> str:
 
 
 @pytest.fixture
-def dovecot(work: Path, learn_redis: EmbeddedRedis) -> Iterator[DovecotInstance]:
+def dovecot(
+    work: Path, learn_redis: EmbeddedRedis, request: pytest.FixtureRequest
+) -> Iterator[DovecotInstance]:
+    """A private Dovecot whose pipe learns with learn.yaml; a test may add
+    its own lines to it (indirect parametrization)."""
     root = work
     cfg = root / "learn.yaml"
     cfg.write_text(
         f'redis: {{url: "unix://pwlearn:{ACL_PASSWORD}@{learn_redis.socket}", '
-        f'prefix: "{PREFIX}"}}\n'
+        f'prefix: "{PREFIX}"}}\n' + getattr(request, "param", "")
     )
     os.chmod(cfg, 0o644)
     postwarden = str(REPO / ".venv" / "bin" / "postwarden")
@@ -140,6 +144,32 @@ def test_junk_moves_train_bayes_exactly_once_each(
     finally:
         imap.logout()
     assert not re.search(r"(?i)error.*pipe", dovecot.log), dovecot.log
+
+
+@pytest.mark.parametrize("dovecot", ["milters: {spam: {bayes: {per_user: true}}}\n"], indirect=True)
+def test_a_users_junk_moves_train_the_statistics_her_mail_is_judged_by(
+    dovecot: DovecotInstance, learn_redis: EmbeddedRedis
+) -> None:
+    # Given per_user, and the Dovecot login alice@example.org
+    settings = BayesSettings(per_user=True)
+    imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
+    imap.login(dovecot.user, PASSWORD)
+    try:
+        assert imap.select("INBOX")[0] == "OK"
+        # When she moves a message into Junk
+        assert imap.uid("MOVE", _uid_of(imap, 1), "Junk")[0] == "OK", dovecot.log
+    finally:
+        imap.logout()
+    store: Store = open_store(RedisSettings(prefix=PREFIX), learn_redis.socket)
+    try:
+        bs = BayesStore(store, settings)
+        # Then the statistics the milter judges her mail by learned it,
+        # address extension or not, and the shared ones did not
+        for rcpt in ("alice@example.org", "Alice+news@example.org"):
+            assert bs.state(recipient_scope(settings, [rcpt])).spam == 1, dovecot.log
+        assert bs.state(GLOBAL_SCOPE).spam == 0
+    finally:
+        store.close()
 
 
 def test_the_learn_credentials_reach_only_bayes_keys(learn_redis: EmbeddedRedis) -> None:
