@@ -97,6 +97,8 @@ def stat(config_file: str | None, as_json: bool) -> None:
     if users is not None:
         line = (f"bayes per user: {users['learned']} users learned, {users['active']} active "
                 f"({need} spam and {need} ham each)")  # fmt: skip
+        if bayes_settings.global_fallback:
+            line += ", the others judged by the global set"
         if bayes_settings.method == CombineMethod.SVM:
             line += (f"; svm models for {users['models']}, {users['models_stale']} "
                      "learned more since (refitted by learn upkeep)")  # fmt: skip

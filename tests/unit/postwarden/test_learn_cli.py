@@ -256,8 +256,10 @@ def test_stat_counts_per_user_statistics_active_and_stale(
     learn(cfg, "spam", "--user", "alice", "--no-refit", "-", stdin=msg(7))
     # Then stat counts two users, one active, one model, lagging
     out = CliRunner().invoke(main, ["stat", "-c", cfg])
-    assert ("bayes per user: 2 users learned, 1 active (2 spam and 2 ham each); "
-            "svm models for 1, 1 learned more since") in out.output  # fmt: skip
+    assert (
+        "bayes per user: 2 users learned, 1 active (2 spam and 2 ham each), the others "
+        "judged by the global set; svm models for 1, 1 learned more since"
+    ) in out.output
     data = json.loads(CliRunner().invoke(main, ["stat", "-c", cfg, "--json"]).output)
     got = {k: v for k, v in data.items() if k.startswith("bayes_users_")}
     assert got == {"bayes_users_learned": 2, "bayes_users_active": 1,
