@@ -196,12 +196,15 @@ def _header_tokens(msg: email.message.Message, return_path: str | None) -> Itera
     give only their host names and addresses (their dates say nothing).
 
     `return_path` is the envelope sender of a message still in transit: the
-    Return-Path header delivery will add (RFC 5321 section 4.4), which
-    Postfix drops from incoming mail (message_drop_headers), so the milter
+    Return-Path header delivery will write (RFC 5321 section 4.4; Postfix
+    also drops any that arrives, message_drop_headers), so the milter
     judges by the same tokens `postwarden learn` later reads in the mailbox.
+    Empty (a bounce, or `postwarden scan` given no --from): a Return-Path
+    already in the message stands, as it does in a stored one.
     """
     items: list[tuple[str, object]] = list(msg.items())
-    if return_path is not None and "Return-Path" not in msg:
+    if return_path:
+        items = [(n, v) for n, v in items if n.lower() != "return-path"]
         items.insert(0, ("Return-Path", f"<{return_path}>"))
     for name, value in items:
         lname = name.lower()

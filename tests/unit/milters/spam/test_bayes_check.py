@@ -105,6 +105,9 @@ def test_the_milter_tokenizes_mail_as_learn_will_read_it_from_the_mailbox() -> N
     env = Envelope(mail_from="bulk@sender.example", recipients=("a@example.net",))
     in_transit = MessageView(Message.from_bytes(raw), env).bayes_token_ids
     assert in_transit == token_ids(parse(delivered)) != token_ids(parse(raw))
-    # A Return-Path already there (a stored message given to `postwarden scan`) wins
-    other = Envelope(mail_from="someone@else.example", recipients=("a@example.net",))
-    assert MessageView(Message.from_bytes(delivered), other).bayes_token_ids == in_transit
+    # A forged Return-Path in transit is what delivery replaces: the envelope wins
+    forged = b"Return-Path: <someone@else.example>\r\n" + raw
+    assert MessageView(Message.from_bytes(forged), env).bayes_token_ids == in_transit
+    # A stored message given to `postwarden scan` without --from keeps its own
+    unknown = Envelope(mail_from="", recipients=("a@example.net",))
+    assert MessageView(Message.from_bytes(delivered), unknown).bayes_token_ids == in_transit
