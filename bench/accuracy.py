@@ -29,7 +29,15 @@ the tokenizer and combining constants (the test part is never looked at);
 `--tune-model` the one that chose the svm model's constants, and
 `--tune-milter` the one that chose the Bayes symbol weights in the milter.
 
+`--holdout DIR` judges DIR/{spam,ham} (bench.holdout fetches the
+SpamAssassin 2003 sets, mail the shared corpus does not hold) instead of
+TEST, still after learning TRAIN: the place to try a change chosen on TRAIN
+without looking at TEST again. `--holdout-half dev` is where changes are
+tried, `final` is measured once a change is chosen.
+
     .venv/bin/python -m bench.accuracy [--tools postwarden,milter,bogofilter,spamassassin]
+    .venv/bin/python -m bench.holdout /var/tmp/pw-holdout
+    .venv/bin/python -m bench.accuracy --holdout /var/tmp/pw-holdout
 """
 
 from __future__ import annotations
@@ -118,6 +126,24 @@ def unpack(work: Path) -> Split:
         d.mkdir(parents=True, exist_ok=True)
         os.link(m.path, d / m.path.name)
     return Split(train, test, root)
+
+
+def in_holdout_dev(name: str) -> bool:
+    """The hold-out's DEV half, where changes are tried; the FINAL half is
+    measured once a change is chosen (seeded like the TRAIN/TEST split)."""
+    h = int.from_bytes(hashlib.blake2b(f"dev:{name}".encode(), digest_size=8).digest(), "big")
+    return h % 2 == 0
+
+
+def holdout(root: Path, half: str) -> list[Msg]:
+    """DIR/spam and DIR/ham, as bench.holdout writes them: `half` dev,
+    final or all."""
+    msgs = [Msg(p, cls == "spam") for cls in ("ham", "spam")
+            for p in sorted((root / cls).glob("*.eml"))
+            if half == "all" or in_holdout_dev(p.name) == (half == "dev")]  # fmt: skip
+    if sum(m.spam for m in msgs) == 0 or all(m.spam for m in msgs):
+        sys.exit(f"accuracy: {root} needs spam/*.eml and ham/*.eml (bench.holdout writes them)")
+    return msgs
 
 
 def auc(scores: Sequence[tuple[bool, float]]) -> float:
@@ -399,8 +425,9 @@ def milter_rows(msgs: Sequence[Msg], service: ServiceContext) -> list[MilterRow]
 
 def bench_milter(
     split: Split, work: Path, redis: EmbeddedRedis, trained: bool, method: str
-) -> list[Result]:
-    """Rules + Bayes (learned from TRAIN, prefix acc:) on every TEST message."""
+) -> tuple[list[Result], list[MilterRow]]:
+    """Rules + Bayes (learned from TRAIN, prefix acc:) on every TEST message;
+    the results at add_header and reject, and each message's row."""
     if not trained:
         learn(split.root, work, redis, "acc:", method)
     service = milter_service(redis, "acc:", method)
@@ -420,7 +447,7 @@ def bench_milter(
                 f"Bayes symbol in {sum(1 for r in rows if r.bayes)}/{len(rows)}",
             )
         )
-    return out
+    return out, rows
 
 
 def fold_of(name: str, folds: int = 5) -> int:
@@ -609,6 +636,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--tune-model", action="store_true", help="cross-validate the svm's constants, TRAIN only"
     )
+    ap.add_argument(
+        "--holdout",
+        type=Path,
+        default=None,
+        help="judge DIR/{spam,ham} (bench.holdout) instead of TEST, after learning TRAIN",
+    )
+    ap.add_argument(
+        "--holdout-half",
+        choices=("dev", "final", "all"),
+        default="all",
+        help="which half of --holdout: dev (try changes), final (measure once), all",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     tools = [t for t in args.tools.split(",") if t]
@@ -620,6 +659,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"split: train {len(split.train)} ({n_spam} spam), test {len(split.test)} "
               f"({sum(m.spam for m in split.test)} spam); test = blake2b-64(name) % 100 < "
               f"{TEST_PERCENT}", flush=True)  # fmt: skip
+        if args.holdout is not None:
+            split = dataclasses.replace(split, test=holdout(args.holdout, args.holdout_half))
+            print(f"judged instead of TEST: {args.holdout} ({args.holdout_half}), "
+                  f"{len(split.test)} messages "
+                  f"({sum(m.spam for m in split.test)} spam)", flush=True)  # fmt: skip
         if args.tune:
             tune(split)
             return
@@ -631,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         results: list[Result] = []
         extra: dict[str, dict[str, float]] = {}
+        milter_rows_by_method: dict[str, list[dict[str, Any]]] = {}
         for method in args.methods.split(","):
             if "postwarden" not in tools and "milter" not in tools:
                 break
@@ -643,7 +688,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     results.append(r)
                     print(r, extra[method], flush=True)
                 if "milter" in tools:
-                    results += bench_milter(split, work, redis, "postwarden" in tools, method)
+                    res, rows = bench_milter(split, work, redis, "postwarden" in tools, method)
+                    results += res
+                    milter_rows_by_method[method] = [dataclasses.asdict(r) for r in rows]
                     print(*results[-2:], sep="\n", flush=True)
             finally:
                 redis.stop()
@@ -664,7 +711,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for method, figures in extra.items():
         print(f"postwarden {method}:", json.dumps(figures))
     if args.json:
-        args.json.write_text(json.dumps({"results": [r.__dict__ for r in results], **extra}))
+        args.json.write_text(json.dumps({"results": [r.__dict__ for r in results], **extra,
+                                         "milter_rows": milter_rows_by_method}))  # fmt: skip
 
 
 if __name__ == "__main__":
