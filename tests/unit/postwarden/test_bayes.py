@@ -61,6 +61,24 @@ def test_tokens_are_decoded_casefolded_words_urls_and_bigrams() -> None:
     assert not any(t.startswith("h:x-spam") for t in tokens)  # verdicts never taught
 
 
+def test_list_and_resend_headers_are_not_tokens_but_the_senders_are() -> None:
+    """Spam posted to a list must not wear the list's ham evidence."""
+    raw = mail(
+        "cheap",
+        "pills",
+        "l1",
+        "List-Id: Friends of Rohit <fork.xent.com>\n"
+        "List-Unsubscribe: <mailto:fork-request@xent.com?subject=unsubscribe>\n"
+        "X-BeenThere: fork@xent.com\nX-Mailman-Version: 2.0.11\n"
+        "Sender: fork-admin@xent.com\nResent-From: gateway@example.com\n"
+        "X-Mailer: Spamware 2.1\nReply-To: sales@shop.example.biz\n",
+    )
+    tokens = tokenize(raw)
+    path = ("h:list-", "h:x-beenthere", "h:x-mailman", "h:sender", "h:resent-")
+    assert not any(t.startswith(path) for t in tokens), sorted(tokens)
+    assert {"h:x-mailer:spamware", "h:reply-to:@shop.example.biz", "h:from:@example.org"} <= tokens
+
+
 def test_tokens_of_html_are_its_text_and_link_hosts() -> None:
     raw = (
         b"Subject: x\nContent-Type: text/html\n\n"
