@@ -650,6 +650,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.holdout is not None and (args.tune or args.tune_milter or args.tune_model):
+        # The tune modes cross-validate on TRAIN alone: a hold-out would be ignored.
+        ap.error("--holdout judges instead of TEST; --tune, --tune-milter and --tune-model "
+                 "use TRAIN only")  # fmt: skip
     tools = [t for t in args.tools.split(",") if t]
     with tempfile.TemporaryDirectory(prefix="pw-accuracy-") as tmp:
         work = Path(tmp)

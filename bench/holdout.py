@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import email.parser
-import email.policy
 import hashlib
 import re
 import sys
@@ -55,7 +53,9 @@ def download(dest: Path) -> Path:
     if not tgz.is_file():
         with urllib.request.urlopen(URL, timeout=120) as r:
             data = r.read()
-        tgz.write_bytes(data)
+        part = tgz.with_suffix(".part")  # an interrupted download never looks complete
+        part.write_bytes(data)
+        part.replace(tgz)
     got = base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
     if got != SHA512:
         tgz.unlink()
@@ -68,7 +68,6 @@ def extract(tgz: Path, dest: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         shared = {body_digest(p.read_bytes()) for p in unpack_shared(Path(tmp))}
     counts = {"spam": 0, "ham": 0, "duplicate of the shared corpus": 0}
-    parse = email.parser.BytesHeaderParser(policy=email.policy.compat32)
     with tarfile.open(tgz) as tar:
         for m in tar:
             hit = MEMBER.fullmatch(m.name)
@@ -82,7 +81,6 @@ def extract(tgz: Path, dest: Path) -> dict[str, int]:
             if body_digest(raw) in shared:
                 counts["duplicate of the shared corpus"] += 1
                 continue
-            parse.parsebytes(raw)  # a message, not an error page
             cls = SETS[hit["set"]]
             out = dest / cls / f"{hit['set']}-{hit['num']}.{hit['md5']}.eml"
             out.parent.mkdir(parents=True, exist_ok=True)

